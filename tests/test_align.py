@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tokensafe.align as align
 from tokensafe.align import AlignConfig, build_alignment_records, normalise_prompt
+from tokensafe.data.prompts import borderline_records, resource_lines
 from tokensafe.data.records import chat
 from tokensafe.data.sources import load_source
 
@@ -33,7 +34,7 @@ def test_records_combine_refusals_safe_answers_and_self_answers(data_dir, tiny_m
     by_source: dict[str, list] = {}
     for r in records:
         by_source.setdefault(r.source, []).append(r)
-    refusals = set(align._resource_lines("refusals.txt"))
+    refusals = set(resource_lines("refusals.txt"))
     assert len(by_source["align_refusal"]) == 6
     assert all(r.response in refusals for r in by_source["align_refusal"])
     assert len(by_source["safe_behaviors"]) == 3
@@ -64,8 +65,33 @@ def test_evaluation_prompts_are_removed_from_training_data(data_dir, tiny_model,
     assert provenance["evaluation_prompts_removed"] >= 2
 
 
-def test_borderline_prompts_are_not_evaluation_prompts(data_dir):
+def test_borderline_prompts_are_not_evaluation_prompts_and_val_is_held_out(data_dir):
     keys = align.evaluation_prompt_keys(str(data_dir))
-    borderline = align._resource_lines("borderline_prompts.txt")
-    assert len(borderline) == 50
-    assert not [p for p in borderline if normalise_prompt(p) in keys]
+    train = [r.prompt for r in borderline_records("train")]
+    val = [r.prompt for r in borderline_records("val")]
+    assert (len(train), len(val)) == (197, 40)
+    assert len({normalise_prompt(p) for p in train}) == len(train)
+    assert not [p for p in train + val if normalise_prompt(p) in keys]
+    assert not {normalise_prompt(p) for p in train} & {normalise_prompt(p) for p in val}
+
+
+def test_sample_part_is_prefix_stable_and_independent_per_part():
+    records = [chat(f"prompt {i}") for i in range(50)]
+    small = align.sample_part(records, 5, seed=0, part="benign")
+    large = align.sample_part(records, 20, seed=0, part="benign")
+    assert large[:5] == small  # growing a part keeps what was chosen (and its cached self-answers)
+    assert len({m[0]["content"] for m in large}) == 20
+    assert align.sample_part(records, 5, seed=0, part="task") != small  # parts draw independently
+    assert align.sample_part(records, 5, seed=1, part="benign") != small
+
+
+def test_self_answer_repeat_weighs_the_self_answered_part(data_dir, tiny_model, tokenizer, monkeypatch):
+    monkeypatch.setattr(align, "generate_self_answers", lambda cfg, m, t, prompts: ["ok"] * len(prompts))
+    cfg = small_config(data_dir)
+    once, _ = build_alignment_records(cfg, tiny_model, tokenizer)
+    cfg.self_answer_repeat = 3
+    thrice, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    count = lambda rs, src: sum(r.source == src for r in rs)  # noqa: E731
+    assert count(thrice, "align_self") == 3 * count(once, "align_self") == 27
+    assert count(thrice, "align_refusal") == count(once, "align_refusal") == 6
+    assert provenance["self_answered"]["repeat"] == 3

@@ -24,12 +24,12 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tokensafe.config import option, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
+from tokensafe.data.prompts import borderline_records, resource_lines
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model, model_fingerprint, models_dir
@@ -67,16 +67,12 @@ class AlignConfig(LoraArgs, OptimArgs):
     n_borderline: int = option(50, "how many of the project's borderline-but-safe prompts (0-50)")
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
     n_task: int = option(50, "how many task prompts")
+    self_answer_repeat: int = option(1, "how many times each self-answered sample appears (weighs benign vs refusal)")
     self_answer_max_tokens: int = option(64, "max new tokens of the model's own (greedy) answers")
     # Decoding on CPU is bound by reading the weights once per step, so a wide batch costs little more per step.
     generation_batch_size: int = option(64, "batch size for generating the model's own answers")
     max_length: int = option(256, "max tokens per training sample")
     merge: bool = option(True, "merge the LoRA adapter and save a full model (needed to use it as a named model)")
-
-
-def _resource_lines(name: str) -> list[str]:
-    text = resources.files("tokensafe.resources").joinpath("align").joinpath(name).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def normalise_prompt(text: str) -> str:
@@ -91,10 +87,20 @@ def evaluation_prompt_keys(data_dir: str | None) -> set[str]:
     return keys
 
 
+def sample_part(records: list[Record], n: int, seed: int, part: str) -> list[Record]:
+    """The first ``n`` records of a fixed shuffle of ``records`` that depends only on (seed, part).
+
+    Each part of the training set has its own shuffle, so changing one part's size leaves the others as they were
+    (and their cached self-answers valid), and raising a size keeps the records already chosen.
+    """
+    order = list(range(len(records)))
+    random.Random(f"{seed}/{part}").shuffle(order)
+    return [records[i] for i in order[: max(0, n)]]
+
+
 def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tuple[list[Record], dict[str, Any]]:
     """The refusal-SFT training set and a description of where every part came from."""
-    rng = random.Random(cfg.seed)
-    refusals = _resource_lines("refusals.txt")
+    refusals = resource_lines("refusals.txt")
     blocked = evaluation_prompt_keys(cfg.data_dir)
     removed = 0
 
@@ -104,41 +110,56 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         removed += len(records) - len(kept)
         return kept
 
-    harmful = allowed(load_source(cfg.harmful_prompt_source, data_dir=cfg.data_dir))
-    harmful = rng.sample(harmful, min(cfg.n_harmful_prompts, len(harmful)))
+    harmful = sample_part(
+        allowed(load_source(cfg.harmful_prompt_source, data_dir=cfg.data_dir)),
+        cfg.n_harmful_prompts,
+        cfg.seed,
+        "harmful",
+    )
+    template_rng = random.Random(f"{cfg.seed}/refusal-templates")
     records = [
-        Record(f"align/refusal/{r.id}", chat(r.prompt, rng.choice(refusals)), "align_refusal", meta={"from": r.id})
+        Record(
+            f"align/refusal/{r.id}",
+            chat(r.prompt, template_rng.choice(refusals)),
+            "align_refusal",
+            meta={"from": r.id},
+        )
         for r in harmful
     ]
+    n_safe = 0
     if cfg.safe_answer_source and cfg.n_safe_answers:
         safe = allowed(load_source(cfg.safe_answer_source, data_dir=cfg.data_dir))
-        records += rng.sample(safe, min(cfg.n_safe_answers, len(safe)))
+        chosen = sample_part(safe, cfg.n_safe_answers, cfg.seed, "safe")
+        n_safe = len(chosen)
+        records += chosen
 
-    prompts: list[Record] = []
-    benign = allowed(load_source(cfg.benign_source, data_dir=cfg.data_dir))
-    prompts += rng.sample(benign, min(cfg.n_benign, len(benign)))
-    borderline = [
-        Record(f"align/borderline/{i}", chat(p), "align_borderline")
-        for i, p in enumerate(_resource_lines("borderline_prompts.txt"))
-    ]
-    prompts += allowed(borderline)[: cfg.n_borderline]
+    benign = sample_part(
+        allowed(load_source(cfg.benign_source, data_dir=cfg.data_dir)), cfg.n_benign, cfg.seed, "benign"
+    )
+    borderline = allowed(borderline_records("train"))[: cfg.n_borderline]
+    task: list[Record] = []
     if cfg.task_source and cfg.n_task:
-        task = allowed(load_source(cfg.task_source, data_dir=cfg.data_dir, split="train"))
-        prompts += rng.sample(task, min(cfg.n_task, len(task)))
+        task = sample_part(
+            allowed(load_source(cfg.task_source, data_dir=cfg.data_dir, split="train")), cfg.n_task, cfg.seed, "task"
+        )
+    prompts = [*benign, *borderline, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
-    records += [
+    self_answered = [
         Record(f"align/self/{r.id}", [*r.prompt_messages, {"role": "assistant", "content": a}], "align_self")
         for r, a in zip(prompts, answers, strict=True)
         if a.strip()
     ]
-    rng.shuffle(records)
+    # Repeating the self-answered part weighs "answer normally" against "refuse" without more generation.
+    records += self_answered * max(1, cfg.self_answer_repeat)
+    random.Random(f"{cfg.seed}/order").shuffle(records)
     provenance = {
         "refusal_prompts": f"{cfg.harmful_prompt_source} x{len(harmful)} + resources/align/refusals.txt",
-        "safe_answers": f"{cfg.safe_answer_source} x{cfg.n_safe_answers}" if cfg.safe_answer_source else None,
+        "safe_answers": f"{cfg.safe_answer_source} x{n_safe}" if n_safe else None,
         "self_answered": {
-            "benign": f"{cfg.benign_source} x{cfg.n_benign}",
-            "borderline": f"resources/align/borderline_prompts.txt x{cfg.n_borderline}",
-            "task": f"{cfg.task_source} (train) x{cfg.n_task}" if cfg.task_source else None,
+            "benign": f"{cfg.benign_source} x{len(benign)}",
+            "borderline": f"resources/align/borderline_prompts.txt x{len(borderline)}",
+            "task": f"{cfg.task_source} (train) x{len(task)}" if task else None,
+            "repeat": max(1, cfg.self_answer_repeat),
         },
         "evaluation_prompts_removed": removed,
         "evaluation_only_sources_never_trained_on": [name for name, _ in EVALUATION_ONLY_SOURCES],

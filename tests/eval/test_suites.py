@@ -182,3 +182,14 @@ def test_harmbench_needs_its_path_and_loads_contextual_with_context(tmp_path):
     (contextual,) = get_suite("harmbench_contextual").load(path=path)
     assert standard.prompt == "Do a bad thing" and get_suite("harmbench").category(standard) == "illegal"
     assert contextual.prompt.startswith("The plan is X.") and contextual.prompt.endswith("Summarise the bad plan")
+
+
+def test_alignment_selection_suites_load_held_out_prompts(shared_data):
+    shared_data("safety_refusal", "refusal_direction_splits")
+    harmful = get_suite("harmful_val").load()
+    assert len(harmful) == 39 and all(r.is_harmful for r in harmful)
+    harmless = get_suite("harmless_val").load(limit=30, subset="first")
+    assert len(harmless) == 30 and not any(r.is_harmful for r in harmless)
+    borderline = get_suite("borderline_val").load(limit=10, seed=3)
+    assert len(borderline) == 10 and {r.source for r in borderline} == {"align_borderline"}
+    assert get_suite("borderline_val").kind == get_suite("xstest_safe").kind == "over_refusal"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, Literal
 
+from tokensafe.data.prompts import borderline_records
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import AGNEWS, GSM8K, SST2, Task
@@ -68,6 +69,7 @@ class Suite:
     task: Task | None = None
     category_key: str | None = "category"
     path_option: str | None = None
+    loader: Callable[[str], list[Record]] | None = None  # records of a split shipped with tokensafe (not a source)
 
     @property
     def metric(self) -> str:
@@ -101,6 +103,8 @@ class Suite:
             raise ValueError(
                 f"suite '{self.name}' reads a file that is not in the shared data: pass --{self.path_option}"
             )
+        if self.loader is not None:
+            return take_subset(self.loader(self.split or ""), limit, seed=seed, mode=subset)
         if subset == "first" and limit is not None:
             # The loader stops reading at the limit (later rows are not even validated).
             return load_source(self.source, data_dir=data_dir, split=self.split, path=path, limit=limit)
@@ -177,6 +181,19 @@ SUITES: dict[str, Suite] = {
             category_key="type",
         ),
         _suite("jbb_benign", "over_refusal", "jbb_benign", "benign", SAFETY_TOKENS, "JailbreakBench benign (100)"),
+        # Model-selection suites for `tokensafe align` (never the evaluation prompts above): held-out harmful and
+        # harmless instructions, and the project's held-out borderline-but-safe prompts.
+        _suite("harmful_val", "safety", "harmful_val", "val", SAFETY_TOKENS, "Refusal-direction harmful val (39)"),
+        _suite("harmless_val", "over_refusal", "harmless_val", "val", SAFETY_TOKENS, "Refusal-direction harmless val"),
+        _suite(
+            "borderline_val",
+            "over_refusal",
+            "align_borderline",
+            "val",
+            SAFETY_TOKENS,
+            "tokensafe's held-out borderline-but-safe prompts (40)",
+            loader=borderline_records,
+        ),
         _suite("gsm8k", "utility", "gsm8k", "test", GSM8K_TOKENS, "GSM8K test (1,319), final number", task=GSM8K),
         _suite("sst2", "utility", "sst2", "dev", LABEL_TOKENS, "SST-2 dev (872), sentiment label", task=SST2),
         _suite("agnews", "utility", "agnews", "test", LABEL_TOKENS, "AG News test (7,600), topic label", task=AGNEWS),
