@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import tokensafe.align as align
 from tokensafe.align import AlignConfig, build_alignment_records, normalise_prompt
 from tokensafe.data.prompts import borderline_records, resource_lines
@@ -19,6 +21,7 @@ def small_config(data_dir) -> AlignConfig:
         n_task=2,
         self_answer_max_tokens=4,
         generation_batch_size=4,
+        task_answers="self",
     )
 
 
@@ -95,3 +98,24 @@ def test_self_answer_repeat_weighs_the_self_answered_part(data_dir, tiny_model, 
     assert count(thrice, "align_self") == 3 * count(once, "align_self") == 27
     assert count(thrice, "align_refusal") == count(once, "align_refusal") == 6
     assert provenance["self_answered"]["repeat"] == 3
+
+
+def test_correct_task_answers_keep_only_self_answers_naming_the_gold_label(
+    data_dir, tiny_model, tokenizer, monkeypatch
+):
+    def answers(cfg, model, tok, prompts):
+        # Task prompts come last; answer the first one correctly and the second wrongly.
+        golds = [p.response for p in prompts[-2:]]
+        wrong = {"positive": "negative", "negative": "positive", None: "x"}
+        return ["ok"] * (len(prompts) - 2) + [f"The sentiment is {golds[0]}.", wrong[golds[1]]]
+
+    monkeypatch.setattr(align, "generate_self_answers", answers)
+    cfg = small_config(data_dir)
+    cfg.task_answers = "correct"
+    records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    task_self = [r for r in records if r.id.startswith("align/self/sst2/")]
+    assert len(task_self) == 1 and task_self[0].response.startswith("The sentiment is")
+    assert "1 kept (correct)" in provenance["self_answered"]["task"]
+    cfg.task_source = "harmless_train"
+    with pytest.raises(ValueError, match="needs a classification task"):
+        build_alignment_records(cfg, tiny_model, tokenizer)

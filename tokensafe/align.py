@@ -32,6 +32,7 @@ from tokensafe.data.dataset import build_tokenized_dataset
 from tokensafe.data.prompts import borderline_records, resource_lines
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
+from tokensafe.data.tasks import TASKS
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model, model_fingerprint, models_dir
 from tokensafe.paths import cache_dir as resolve_cache_dir
 from tokensafe.train import OptimArgs, train_model
@@ -67,6 +68,11 @@ class AlignConfig(LoraArgs, OptimArgs):
     n_borderline: int = option(50, "how many of the project's borderline-but-safe prompts (0-50)")
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
     n_task: int = option(50, "how many task prompts")
+    task_answers: str = option(
+        "correct",
+        "self: train on every self-answer to a task prompt; correct: only on those naming the gold label "
+        "(rejection-sampled self-distillation: still the model's own words, but it does not learn its own mistakes)",
+    )
     self_answer_repeat: int = option(1, "how many times each self-answered sample appears (weighs benign vs refusal)")
     self_answer_max_tokens: int = option(64, "max new tokens of the model's own (greedy) answers")
     # Decoding on CPU is bound by reading the weights once per step, so a wide batch costs little more per step.
@@ -144,10 +150,20 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         )
     prompts = [*benign, *borderline, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
+    keep = [bool(a.strip()) for a in answers]
+    task_kept = len(task)
+    if task and cfg.task_answers == "correct":
+        correct = task_answer_is_correct(cfg.task_source or "", task, answers[len(prompts) - len(task) :])
+        keep[len(prompts) - len(task) :] = [
+            k and c for k, c in zip(keep[len(prompts) - len(task) :], correct, strict=True)
+        ]
+        task_kept = sum(keep[len(prompts) - len(task) :])
+    elif cfg.task_answers != "self":
+        raise ValueError(f"task_answers must be 'self' or 'correct', not '{cfg.task_answers}'")
     self_answered = [
         Record(f"align/self/{r.id}", [*r.prompt_messages, {"role": "assistant", "content": a}], "align_self")
-        for r, a in zip(prompts, answers, strict=True)
-        if a.strip()
+        for r, a, k in zip(prompts, answers, keep, strict=True)
+        if k
     ]
     # Repeating the self-answered part weighs "answer normally" against "refuse" without more generation.
     records += self_answered * max(1, cfg.self_answer_repeat)
@@ -158,7 +174,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         "self_answered": {
             "benign": f"{cfg.benign_source} x{len(benign)}",
             "borderline": f"resources/align/borderline_prompts.txt x{len(borderline)}",
-            "task": f"{cfg.task_source} (train) x{len(task)}" if task else None,
+            "task": f"{cfg.task_source} (train) x{len(task)}, {task_kept} kept ({cfg.task_answers})" if task else None,
             "repeat": max(1, cfg.self_answer_repeat),
         },
         "evaluation_prompts_removed": removed,
@@ -166,6 +182,19 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         "samples": len(records),
     }
     return records, provenance
+
+
+def task_answer_is_correct(task_name: str, records: list[Record], answers: list[str]) -> list[bool]:
+    """Whether each self-answer names its record's gold label (the record's response) first."""
+    from tokensafe.eval.metrics import parse_label
+
+    task = TASKS.get(task_name)
+    if task is None or not task.labels:
+        raise ValueError(
+            f"task_answers 'correct' needs a classification task ({', '.join(t for t in TASKS if TASKS[t].labels)}), "
+            f"not '{task_name}'"
+        )
+    return [parse_label(a, task.labels) == r.response for r, a in zip(records, answers, strict=True)]
 
 
 def generate_self_answers(cfg: AlignConfig, model: Any, tokenizer: Any, prompts: list[Record]) -> list[str]:
