@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,12 @@ import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
+from tokensafe.baselines.config import BaselineArgs
 from tokensafe.collator import TokenCollator
 from tokensafe.config import option, save_config
 from tokensafe.data.dataset import TokenizedStats, build_tokenized_dataset
 from tokensafe.data.mixtures import MixtureArgs, build_mixture
+from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.losses import LossContext, LossTerm, weighted_ce_sum
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model
 from tokensafe.pact.config import PactArgs
@@ -58,7 +61,7 @@ class OptimArgs:
 
 
 @dataclass
-class TrainConfig(TossArgs, PactArgs, MixtureArgs, LoraArgs, OptimArgs):
+class TrainConfig(BaselineArgs, TossArgs, PactArgs, MixtureArgs, LoraArgs, OptimArgs):
     """`tokensafe train`: fine-tune a model on a (possibly poisoned) mixture."""
 
     model: str = option(DEFAULT_MODEL, "model spec: default, a .gguf file, an HF directory, or a named local model")
@@ -84,7 +87,8 @@ class TokenSafeTrainer(Trainer):
     """``Trainer`` with loss = sum_t w_t * CE_t / N_labelled + sum of extra terms.
 
     Inputs per batch: ``input_ids``, ``attention_mask``, ``labels`` (B, L), optional ``weights`` (B, L), plus the
-    columns extra terms declare. A batch whose labels are all masked yields loss 0 (never 0/0).
+    columns extra terms declare. A batch whose labels are all masked yields loss 0 (never 0/0). A term with
+    ``replaces_ce = True`` (constrained SFT) is the whole token loss: the CE is then not computed.
     """
 
     def __init__(self, *args: Any, loss_terms: Sequence[LossTerm] = (), **kwargs: Any) -> None:
@@ -101,7 +105,10 @@ class TokenSafeTrainer(Trainer):
         weights = inputs.get("weights")
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         logits = outputs.logits
-        ce_sum, n_labelled = weighted_ce_sum(logits, labels, weights)
+        if any(getattr(term, "replaces_ce", False) for term in self.loss_terms):
+            ce_sum, n_labelled = logits.new_zeros(()), (labels[:, 1:] != IGNORE_INDEX).sum()
+        else:
+            ce_sum, n_labelled = weighted_ce_sum(logits, labels, weights)
         total = num_items_in_batch if num_items_in_batch is not None else n_labelled
         normaliser = torch.clamp(torch.as_tensor(total, device=logits.device, dtype=torch.float32), min=1.0)
         loss = ce_sum / normaliser
@@ -216,7 +223,8 @@ class MethodSetup:
     """What a training method contributes: the (augmented) dataset, extra loss terms, and an optional post-step.
 
     ``dataset`` may gain per-token columns (``weights``, cache indices) that the method's loss terms declare.
-    ``post_train(model, output_dir)`` runs after training (e.g. a projection of the adapter) before saving.
+    ``post_train(model, output_dir)`` runs after training (e.g. a projection of the adapter) before saving; it changes
+    ``model`` in place.
     """
 
     model: PreTrainedModel
@@ -236,6 +244,7 @@ METHODS: dict[str, str] = {
     "toss": "tokensafe.toss.method:setup_toss",
     "pact": "tokensafe.pact.method:setup_pact",
     "kl": "tokensafe.pact.method:setup_kl",
+    "constrained_sft": "tokensafe.baselines.constrained_sft:setup_constrained_sft",
 }
 
 
@@ -253,6 +262,7 @@ class TrainResult:
     stats: TokenizedStats
     loss_history: list[dict[str, float]]
     seconds: float
+    sources: dict[str, int] = field(default_factory=dict)  # samples per data source (provenance of the mixture)
 
     def summary(self) -> dict[str, Any]:
         losses = [h["loss"] for h in self.loss_history]
@@ -264,6 +274,7 @@ class TrainResult:
             "logged_losses": losses,
             "seconds": round(self.seconds, 1),
             "data": self.stats.__dict__,
+            "sources": self.sources,
         }
 
 
@@ -284,6 +295,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     trainer.save_model(str(final_dir))  # adapter_model.safetensors for LoRA, model.safetensors for full FT
     tokenizer.save_pretrained(str(final_dir))
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    result = TrainResult(cfg.output_dir, str(final_dir), stats, loss_log.history, time.time() - start)
+    sources = dict(sorted(Counter(setup.dataset["source"]).items())) if "source" in setup.dataset.column_names else {}
+    result = TrainResult(cfg.output_dir, str(final_dir), stats, loss_log.history, time.time() - start, sources)
     (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
     return result

@@ -1,0 +1,10 @@
+"""Baseline defences TOSS and PACT are compared with (DESIGN.md §1.3), one module per method.
+
+- ``constrained_sft``: Qi et al.'s token-wise constrained objective with a per-position β (reference precomputed).
+- ``safelora``: SafeLoRA projection of a trained adapter (``tokensafe safelora``, or ``--method safelora``).
+- ``asft``: CE + λ Σ ‖(I − Ĉ) ΔW‖²_F (AsFT).
+- ``safeinstr``: safety demonstrations added to the mixture (``--safeinstr_n``, any method).
+- ``sample_selection``: drop a share of whole samples, at random or by mean TOSS score.
+
+``sft`` lives in :mod:`tokensafe.train` and the full-vocabulary ``kl`` in :mod:`tokensafe.pact.method`.
+"""

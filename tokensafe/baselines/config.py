@@ -1,0 +1,48 @@
+"""Baseline settings read by `tokensafe train --method <baseline>` (a light module: `tokensafe.train` imports it).
+
+The SafeInstr data option (``safeinstr_n``) lives in :class:`~tokensafe.data.mixtures.MixtureArgs` instead, because it
+changes the mixture itself and every consumer of the mixture (TOSS scoring, PACT caches) must see the same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensafe.config import option
+
+SAFELORA_SELECT = ("number", "threshold")
+
+
+@dataclass
+class AlignmentPairArgs:
+    """The aligned/base pair whose weight difference V = W_aligned − W_base spans the "alignment directions"."""
+
+    safety_aligned_model: str = option(
+        "aligned", "aligned model of the pair V = W_aligned − W_base (safelora, asft); usually the model fine-tuned"
+    )
+    safety_base_model: str = option("default", "base (unaligned) model of the pair V = W_aligned − W_base")
+
+
+@dataclass
+class SafeLoraArgs(AlignmentPairArgs):
+    """SafeLoRA (Hsu et al. 2024): project the least alignment-like LoRA updates with C = V Vᵀ/‖V‖_F."""
+
+    safelora_select: str = option("number", "layer selection: number (the N lowest cosines) or threshold")
+    safelora_layers: int = option(10, "number mode: project this many lowest-cosine LoRA layers")
+    safelora_threshold: float = option(0.5, "threshold mode: project every LoRA layer whose cosine is below this")
+
+
+@dataclass
+class BaselineArgs(SafeLoraArgs):
+    """Baseline defences for `tokensafe train --method constrained_sft|safelora|asft|sample_random|sample_score`."""
+
+    csft_beta_first: float = option(0.5, "constrained_sft: β_1, for the first response token")
+    csft_beta_early: float = option(2.0, "constrained_sft: β_t for response tokens 2 .. csft_early_until")
+    csft_early_until: int = option(5, "constrained_sft: last response token (1-based) that gets csft_beta_early")
+    csft_beta_late: float = option(0.1, "constrained_sft: β_t for every later response token")
+    csft_reference_model: str | None = option(
+        None, "constrained_sft: reference model (none = --model before training, i.e. the LoRA base)"
+    )
+    csft_batch_size: int = option(8, "constrained_sft: batch size of the one-off reference log-prob pass")
+    asft_lambda: float = option(1.0, "asft: λ, weight of Σ_layers ‖(I − Ĉ) ΔW‖²_F")
+    sample_rho: float = option(0.2, "sample_random / sample_score: share of samples dropped")
