@@ -52,6 +52,7 @@ COMMANDS: dict[str, Command] = {
         Command("toss-pro", "TOSS-Pro: retrain D on flagged tokens, re-score, re-select until the flagged set settles", "tokensafe.toss.commands:TossConfig", "tokensafe.toss.commands:run_pro"),  # noqa: E501
         Command("toss-train", "TOSS: selective fine-tuning on the retained tokens (tokensafe train --method toss)", "tokensafe.toss.commands:TossConfig", "tokensafe.toss.commands:run_finetune"),  # noqa: E501
         Command("toss-analyze", "TOSS: ROC-AUC and dropped shares of token scores against known provenance", "tokensafe.toss.commands:TossConfig", "tokensafe.toss.commands:run_analyze"),  # noqa: E501
+        Command("safelora", "SafeLoRA: project a trained LoRA adapter onto the aligned-minus-base directions (new adapter + cosines report)", "tokensafe.baselines.safelora:SafeLoraConfig", "tokensafe.baselines.safelora:run_safelora"),  # noqa: E501
         Command("toss-view", "TOSS: HTML token-risk view (and one sample in the terminal)", "tokensafe.toss.commands:TossConfig", "tokensafe.toss.commands:run_view"),  # noqa: E501
     )
 }

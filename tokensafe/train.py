@@ -245,6 +245,8 @@ METHODS: dict[str, str] = {
     "pact": "tokensafe.pact.method:setup_pact",
     "kl": "tokensafe.pact.method:setup_kl",
     "constrained_sft": "tokensafe.baselines.constrained_sft:setup_constrained_sft",
+    "safelora": "tokensafe.baselines.safelora:setup_safelora",
+    "asft": "tokensafe.baselines.asft:setup_asft",
 }
 
 

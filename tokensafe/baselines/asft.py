@@ -1,0 +1,81 @@
+"""AsFT (Yang et al. 2025): CE + λ Σ_layers ‖(I − Ĉ) ΔW‖²_F, keeping the update inside the alignment directions.
+
+Per LoRA layer, ΔW = s · B A (s = α / r, the update the adapter really applies; B: (d_out, r), A: (r, d_in)) and
+Ĉ = V Vᵀ / ‖V‖_F with V = W_aligned − W_base, as in SafeLoRA. Because (I − Ĉ) ΔW = s · B' A with the thin
+B' = B − V (Vᵀ B) / ‖V‖_F (d_out, r)::
+
+    ‖(I − Ĉ) ΔW‖²_F = s² Σ (B'ᵀ B') ⊙ (A Aᵀ)        two r × r Gram matrices: no (d_out, d_in) or d × d matrix
+
+The term does not depend on the batch, so each micro-batch adds λ R / grad_accum_steps: one optimiser step then
+carries exactly λ R, however the batch is split (under DDP the trainer's ×processes and the gradient average cancel).
+The V of every layer stays in memory (the same size as the adapted base weights, ~50 MB for q,v of SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokensafe.baselines.directions import AlignmentPair, LoraFactors, frobenius_inner, model_lora_factors, project
+from tokensafe.losses import LossContext
+
+
+@dataclass
+class AsftLayer:
+    """A LoRA layer's live factors and its fixed alignment direction (V on the factors' device)."""
+
+    factors: LoraFactors
+    v: torch.Tensor  # (d_out, d_in)
+    v_norm: torch.Tensor  # ‖V‖_F, scalar
+
+
+def residual_norm_sq(layer: AsftLayer) -> torch.Tensor:
+    """‖(I − Ĉ) s B A‖²_F of one layer, differentiable in A and B."""
+    a, b, s = layer.factors.a, layer.factors.b, layer.factors.scale
+    residual_b = b - project(layer.v, b, layer.v_norm)
+    return s**2 * frobenius_inner(residual_b, residual_b, a @ a.T)
+
+
+class AsftLoss:
+    """The AsFT regulariser as a :class:`~tokensafe.losses.LossTerm`: λ Σ_layers ‖(I − Ĉ) ΔW‖²_F per step."""
+
+    name = "asft"
+    per_token_columns: tuple[str, ...] = ()
+    sample_columns: tuple[str, ...] = ()
+
+    def __init__(self, layers: list[AsftLayer], lam: float = 1.0) -> None:
+        if not layers:
+            raise ValueError("AsFT needs at least one LoRA layer")
+        self.layers = layers
+        self.lam = lam
+
+    def regulariser(self) -> torch.Tensor:
+        """Σ_layers ‖(I − Ĉ) ΔW‖²_F (scalar)."""
+        return torch.stack([residual_norm_sq(layer) for layer in self.layers]).sum()
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        if self.lam == 0.0:
+            return ctx.logits.new_zeros(())  # exactly SFT, without computing anything
+        return self.lam * self.regulariser() / max(1, int(ctx.grad_accum_steps))
+
+
+def build_asft_loss(model: torch.nn.Module, pair: AlignmentPair, lam: float) -> AsftLoss:
+    """Bind every LoRA layer of ``model`` to its alignment direction from ``pair``."""
+    layers = []
+    for factors in model_lora_factors(model):
+        v, v_norm = pair.direction(factors.weight)
+        if v.shape != (factors.b.shape[0], factors.a.shape[1]):
+            raise ValueError(f"{factors.module}: LoRA update and V = W_aligned − W_base differ in shape")
+        device = factors.b.device
+        layers.append(AsftLayer(factors, v.to(device), v_norm.to(device)))
+    return AsftLoss(layers, lam)
+
+
+def setup_asft(cfg: Any, model: Any, tokenizer: Any, dataset: Any):
+    """METHODS['asft']: CE + λ Σ_layers ‖(I − Ĉ) ΔW‖²_F with Ĉ from ``safety_aligned_model − safety_base_model``."""
+    from tokensafe.train import MethodSetup
+
+    pair = AlignmentPair.load(cfg.safety_aligned_model, cfg.safety_base_model, cfg.cache_dir)
+    return MethodSetup(model=model, dataset=dataset, loss_terms=[build_asft_loss(model, pair, cfg.asft_lambda)])
