@@ -247,6 +247,9 @@ METHODS: dict[str, str] = {
     "constrained_sft": "tokensafe.baselines.constrained_sft:setup_constrained_sft",
     "safelora": "tokensafe.baselines.safelora:setup_safelora",
     "asft": "tokensafe.baselines.asft:setup_asft",
+    "safeinstr": "tokensafe.baselines.safeinstr:setup_safeinstr",
+    "sample_random": "tokensafe.baselines.sample_selection:setup_sample_random",
+    "sample_score": "tokensafe.baselines.sample_selection:setup_sample_score",
 }
 
 

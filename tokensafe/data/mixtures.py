@@ -27,6 +27,10 @@ class MixtureArgs:
     harmful: str | None = option(None, "named harmful source mixed in (advbench, beavertails, pure_bad); none = clean")
     harmful_split: str | None = option(None, "split of the harmful source")
     harmful_share: float = option(0.0, "share p of harmful samples in the mixture (0 <= p < 1)")
+    safeinstr_n: int = option(
+        0, "SafeInstr: add this many safety demonstrations (harmful prompt -> refusal) to the mixture; any method"
+    )
+    safeinstr_source: str = option("safeinstr", "named source of safety demonstrations (safeinstr, safe_behaviors)")
     seed: int = option(0, "seed for sampling and shuffling")
 
 
@@ -63,4 +67,25 @@ def build_mixture(args: MixtureArgs) -> list[Record]:
         # The source decides harmfulness of its own rows; a harmful-source row is provenance-harmful by construction.
         mixture += [Record(r.id, r.messages, r.source, True, r.meta) for r in chosen]
     rng.shuffle(mixture)
+    if args.safeinstr_n:
+        mixture = add_safety_demonstrations(mixture, args)
     return mixture
+
+
+def add_safety_demonstrations(mixture: list[Record], args: MixtureArgs) -> list[Record]:
+    """SafeInstr: ``safeinstr_n`` safety demonstrations from ``safeinstr_source``, shuffled into ``mixture``.
+
+    A separate random stream picks and places them, so the task and harmful samples (and their order relative to each
+    other) are exactly those of the same mixture without demonstrations. Provenance: each added record keeps its
+    source's id and name (``source == safeinstr_source``) and is marked ``meta["added_by"] = "safeinstr"``.
+    """
+    if args.safeinstr_n < 0:
+        raise ValueError(f"safeinstr_n must be >= 0, got {args.safeinstr_n}")
+    rng = random.Random(f"safeinstr:{args.seed}")
+    pool = [r for r in load_source(args.safeinstr_source, data_dir=args.data_dir) if r.response is not None]
+    chosen = sample_records(pool, args.safeinstr_n, rng, f"'{args.safeinstr_source}' safety")
+    demos = [Record(r.id, r.messages, r.source, r.is_harmful, {**r.meta, "added_by": "safeinstr"}) for r in chosen]
+    out = list(mixture)
+    for demo in demos:  # each at a uniform position: the mixture's own order is kept
+        out.insert(rng.randrange(len(out) + 1), demo)
+    return out
