@@ -112,6 +112,7 @@ def test_safelora_command_writes_a_projected_adapter_and_report(
     out_dir = tmp_path / "final_safelora"
     report = json.loads((out_dir / "safelora_report.json").read_text())
     assert report["n_projected"] == 3 and len(report["layers"]) == 4
+    assert [row["module"] for row in report["layers"]] == [name for name, _ in lora_modules(student)]  # model order
     assert (out_dir / "adapter_config.json").is_file() and (out_dir / "tokenizer_config.json").is_file()
     assert '"n_projected": 3' in capsys.readouterr().out
     _, proj, chosen = expected_projection(lora_state(student), pair_weights, n=3)

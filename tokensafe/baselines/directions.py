@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,10 @@ class LoraFactors:
         return weight_name(self.module)
 
 
+def _natural(key: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 def lora_modules(model: torch.nn.Module, adapter: str = "default") -> Iterator[tuple[str, torch.nn.Module]]:
     """(name, module) of every PEFT LoRA layer of ``model`` that carries ``adapter``; an error when there is none."""
     from peft.tuners.lora import LoraLayer
@@ -170,7 +175,7 @@ def adapter_lora_factors(directory: str | os.PathLike) -> tuple[list[LoraFactors
     r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
     scale = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
     factors = []
-    for key in sorted(state):
+    for key in sorted(state, key=_natural):  # layers.2 before layers.10: the model's own layer order
         if key.endswith(".lora_A.weight"):
             module = key[: -len(".lora_A.weight")]
             b_key = f"{module}.lora_B.weight"
