@@ -1,6 +1,7 @@
 """Baseline defences TOSS and PACT are compared with (DESIGN.md §1.3), one module per method.
 
-- ``constrained_sft``: Qi et al.'s token-wise constrained objective with a per-position β (reference precomputed).
+- ``constrained_sft``: Qi et al.'s token-wise constrained objective with a per-position β (reference precomputed),
+  by default as a CE with the detached weight max(2 (1 − σ(β_t Δ_t)), 1e-3) (``csft_form: weighted|exact``).
 - ``safelora``: SafeLoRA projection of a trained adapter (``tokensafe safelora``, or ``--method safelora``).
 - ``asft``: CE + λ Σ ‖(I − Ĉ) ΔW‖²_F (AsFT).
 - ``safeinstr``: safety demonstrations added to the mixture (``--safeinstr_n``, any method).

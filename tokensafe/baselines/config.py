@@ -7,10 +7,12 @@ changes the mixture itself and every consumer of the mixture (TOSS scoring, PACT
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tokensafe.config import option
 
 SAFELORA_SELECT = ("number", "threshold")
+CsftForm = Literal["weighted", "exact"]
 
 
 @dataclass
@@ -36,6 +38,12 @@ class SafeLoraArgs(AlignmentPairArgs):
 class BaselineArgs(SafeLoraArgs):
     """Baseline defences for `tokensafe train --method constrained_sft|safelora|asft|sample_random|sample_score`."""
 
+    csft_form: CsftForm = option(
+        "weighted",
+        "constrained_sft: weighted = CE with the detached per-token weight max(2 (1 − σ(β_t Δ_t)), 1e-3) (same "
+        "gradient as exact wherever the floor is inactive, value on the CE scale, exactly SFT at Δ = 0); exact = "
+        "−(2/β_t) log σ(β_t Δ_t) (Qi et al.'s loss as written; its value is not on the CE scale)",
+    )
     csft_beta_first: float = option(0.5, "constrained_sft: β_1, for the first response token")
     csft_beta_early: float = option(2.0, "constrained_sft: β_t for response tokens 2 .. csft_early_until")
     csft_early_until: int = option(5, "constrained_sft: last response token (1-based) that gets csft_beta_early")

@@ -1,15 +1,22 @@
 """Constrained SFT (Qi et al. 2024, "Safety alignment should be made more than just a few tokens deep").
 
-Per response token t (1-based inside its assistant turn), with Δ_t = log π_θ(y_t) − log π_ref(y_t)::
+Per response token t (1-based inside its assistant turn), with Δ_t = log π_θ(y_t) − log π_ref(y_t) and
+β_1 = 0.5, β_2..5 = 2, β_t>5 = 0.1, two forms of the same objective (``csft_form``)::
 
-    loss_t = −(2 / β_t) log σ(β_t Δ_t)         β_1 = 0.5, β_2..5 = 2, β_t>5 = 0.1
-    loss   = Σ_t loss_t / N_labelled             normalised like the CE (it replaces the CE)
+    exact:     loss_t = −(2 / β_t) log σ(β_t Δ_t)
+    weighted:  loss_t = w_t · (−log π_θ(y_t)),   w_t = max(2 (1 − σ(β_t Δ_t)), 1e-3), computed without gradient
+    loss = Σ_t loss_t / N_labelled               normalised like the CE (it replaces the CE)
 
-Its gradient is 2 (1 − σ(β_t Δ_t)) times the CE gradient of the token: tokens whose probability rises above the
-reference (Δ > 0) are pushed less, hardest so for the first tokens (large β), which is what keeps the model's
-first answer tokens (the refusal prefix) close to the aligned reference. At Δ = 0 (e.g. a fresh LoRA adapter,
-whose B = 0) the weight is exactly 1 for every β, so the first step equals SFT's; as β → 0 the weight tends to 1
-everywhere and the method becomes SFT.
+The exact loss's gradient is 2 (1 − σ(β_t Δ_t)) times the CE gradient of the token, so the weighted form (the
+default) has the same gradient wherever the clamp is inactive; the clamp keeps a floor of 1e-3 on tokens far above
+the reference (β_t Δ_t > ~7.6). Tokens whose probability rises above the reference (Δ > 0) are pushed less, hardest
+so for the first tokens (large β), which is what keeps the model's first answer tokens (the refusal prefix) close to
+the aligned reference. At Δ = 0 (e.g. a fresh LoRA adapter, whose B = 0) the weight is exactly 1 for every β: the
+weighted form *is* SFT there (same value, same gradients), and as β → 0 both forms tend to SFT everywhere.
+
+The forms differ in their value: the weighted loss is on the CE scale (a weighted CE, comparable with SFT's logged
+loss), while the exact loss is not (at Δ = 0 each token contributes (2/β_t) log 2, ≈ 13.9 for β = 0.1) and only its
+gradient relates to the CE.
 
 The reference (the model before fine-tuning: the LoRA base with the adapter disabled, or ``csft_reference_model``)
 and the tokens are fixed, so log π_ref(y_t) is computed once before training and stored as the per-token column
@@ -22,17 +29,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokensafe.losses import LossContext
+from tokensafe.baselines.config import CsftForm
+from tokensafe.data.tokenize import IGNORE_INDEX
+from tokensafe.losses import LossContext, per_token_nll
 from tokensafe.pact.layout import answer_layout
 
 REF_COLUMN = "csft_ref_logp"
+CSFT_FORMS: tuple[str, ...] = get_args(CsftForm)
+MIN_WEIGHT = 1e-3  # floor of the weighted form's per-token weight
 
 
 @dataclass
@@ -60,32 +71,65 @@ def constrained_token_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, be
     return -(2.0 / beta) * F.logsigmoid(beta * (policy_logp - ref_logp))
 
 
+def constrained_token_weight(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """max(2 (1 − σ(β (log π_θ − log π_ref))), 1e-3) per token, without gradient: (n,), (n,), (n,) -> (n,).
+
+    Written 2 σ(−βΔ), which is 2 (1 − σ(βΔ)) without the cancellation for large βΔ; exactly 1 at Δ = 0.
+    """
+    with torch.no_grad():
+        return torch.clamp(2.0 * torch.sigmoid(-beta * (policy_logp - ref_logp)), min=MIN_WEIGHT)
+
+
 class ConstrainedSftLoss:
-    """The constrained objective as a :class:`~tokensafe.losses.LossTerm` that replaces the trainer's CE."""
+    """The constrained objective as a :class:`~tokensafe.losses.LossTerm` that replaces the trainer's CE.
+
+    ``form="weighted"`` (default): Σ_t w_t · CE_t / N with the detached weight of :func:`constrained_token_weight`;
+    ``form="exact"``: Σ_t −(2/β_t) log σ(β_t Δ_t) / N. See the module docstring.
+    """
 
     name = "csft"
     per_token_columns: tuple[str, ...] = (REF_COLUMN,)
     sample_columns: tuple[str, ...] = ()
     replaces_ce = True  # TokenSafeTrainer skips its CE: this term is the whole token loss
 
-    def __init__(self, schedule: BetaSchedule | None = None) -> None:
+    def __init__(self, schedule: BetaSchedule | None = None, form: CsftForm = "weighted") -> None:
+        if form not in CSFT_FORMS:
+            raise ValueError(f"csft_form must be one of {list(CSFT_FORMS)}, got {form!r}")
         self.schedule = schedule or BetaSchedule()
+        self.form = form
+
+    def _reference(self, ctx: LossContext, b: torch.Tensor, logit_t: torch.Tensor) -> torch.Tensor:
+        if REF_COLUMN not in ctx.inputs:
+            raise KeyError(f"the batch has no '{REF_COLUMN}' column: run setup_constrained_sft on the dataset first")
+        return ctx.inputs[REF_COLUMN][b, logit_t + 1].to(ctx.logits.device, torch.float32)
 
     def token_losses(self, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss_t (n,), β_t (n,)) at the labelled positions of the micro-batch (answer_layout order)."""
-        if REF_COLUMN not in ctx.inputs:
-            raise KeyError(f"the batch has no '{REF_COLUMN}' column: run setup_constrained_sft on the dataset first")
         layout = answer_layout(ctx.labels)
         b, logit_t = layout.batch_index, layout.logit_index
+        reference = self._reference(ctx, b, logit_t)
         # Only the labelled positions' logits go through the log-softmax: (n, V), not (B, L, V).
         policy = -F.cross_entropy(ctx.logits[b, logit_t].float(), ctx.labels[b, logit_t + 1], reduction="none")
-        reference = ctx.inputs[REF_COLUMN][b, logit_t + 1].to(policy.device, torch.float32)
         beta = self.schedule(layout.offset + 1).to(policy.device)
-        return constrained_token_loss(policy, reference, beta), beta
+        if self.form == "exact":
+            return constrained_token_loss(policy, reference, beta), beta
+        return constrained_token_weight(policy, reference, beta) * -policy, beta
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        losses, _ = self.token_losses(ctx)
-        return losses.sum() / ctx.normaliser
+        if self.form == "exact":
+            losses, _ = self.token_losses(ctx)
+            return losses.sum() / ctx.normaliser
+        # The weighted CE computed like the trainer's CE (weighted_ce_sum): with every weight 1 (Δ = 0) the value
+        # and the gradients are SFT's bit for bit.
+        layout = answer_layout(ctx.labels)
+        b, logit_t = layout.batch_index, layout.logit_index
+        reference = self._reference(ctx, b, logit_t)
+        nll = per_token_nll(ctx.logits, ctx.labels)  # (B, L-1), aligned with labels[:, 1:]
+        beta = self.schedule(layout.offset + 1).to(nll.device)
+        weights = torch.ones_like(nll)
+        weights[b, logit_t] = constrained_token_weight(-nll[b, logit_t].detach(), reference, beta)
+        mask = ctx.labels[:, 1:] != IGNORE_INDEX
+        return (nll * weights * mask).sum() / ctx.normaliser
 
 
 def reference_token_logprobs(
@@ -189,4 +233,4 @@ def setup_constrained_sft(cfg: Any, model: Any, tokenizer: Any, dataset: dataset
     if REF_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(REF_COLUMN)
     dataset = dataset.add_column(REF_COLUMN, [v.tolist() for v in values])
-    return MethodSetup(model=model, dataset=dataset, loss_terms=[ConstrainedSftLoss(schedule)])
+    return MethodSetup(model=model, dataset=dataset, loss_terms=[ConstrainedSftLoss(schedule, cfg.csft_form)])
