@@ -15,7 +15,9 @@ def test_harmful_count_gives_the_requested_share():
 
 
 def test_mixture_is_deterministic_and_keeps_provenance(data_dir):
-    args = MixtureArgs(data_dir=str(data_dir), task="sst2", n_task=90, harmful="beavertails", harmful_share=0.1, seed=3)
+    args = MixtureArgs(
+        data_dir=str(data_dir), task="sst2", n_task=90, harmful="beavertails", harmful_share=0.1, seed=3
+    )
     first, again = build_mixture(args), build_mixture(args)
     assert [r.id for r in first] == [r.id for r in again]
     assert len(first) == 100 and sum(r.is_harmful for r in first) == 10

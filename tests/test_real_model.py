@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-
-from pathlib import Path
 
 from tokensafe.cli import main
 from tokensafe.models import load_model, resolve_model_path
@@ -30,9 +29,9 @@ def test_bundled_model_is_converted_once_to_fp32_safetensors():
 def test_train_cli_lora_sst2_loss_falls_and_adapter_reloads(tmp_path, data_dir):
     out = tmp_path / "run"
     config = Path(__file__).resolve().parents[1] / "configs" / "train" / "sft_sst2_lora.yaml"
-    argv = ["train", "--config", str(config), "--data_dir", str(data_dir),
-            "--n_task", "24", "--max_steps", "6", "--learning_rate", "0.001", "--logging_steps", "1",
-            "--output_dir", str(out)]
+    argv = ["train", "--config", str(config), "--data_dir", str(data_dir)]
+    argv += ["--n_task", "24", "--max_steps", "6", "--learning_rate", "0.001", "--logging_steps", "1"]
+    argv += ["--output_dir", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     losses = summary["logged_losses"]
