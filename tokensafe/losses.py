@@ -59,6 +59,11 @@ class LossContext:
 
     ``normaliser`` is the number of labelled tokens across gradient accumulation and processes (>= 1): terms that
     are sums over answer positions divide by it so they scale exactly like the CE.
+
+    ``process_scale`` is the factor the trainer multiplies the whole micro-batch loss by (the number of processes
+    when ``normaliser`` counts every process's tokens, 1 otherwise) before DDP averages the gradients over the
+    processes. A sum over this process's tokens needs it; a term that is the same on every process (a function of
+    the weights only, e.g. a regulariser) divides by it, and by ``grad_accum_steps``, to count once per step.
     """
 
     model: torch.nn.Module
@@ -67,6 +72,7 @@ class LossContext:
     labels: torch.Tensor  # (B, L)
     normaliser: torch.Tensor
     grad_accum_steps: int = 1
+    process_scale: int = 1
     logs: dict[str, float] = field(default_factory=dict)
 
 

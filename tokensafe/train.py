@@ -112,6 +112,12 @@ class TokenSafeTrainer(Trainer):
         total = num_items_in_batch if num_items_in_batch is not None else n_labelled
         normaliser = torch.clamp(torch.as_tensor(total, device=logits.device, dtype=torch.float32), min=1.0)
         loss = ce_sum / normaliser
+        # DDP averages gradients over processes while our normaliser already counts every process's tokens.
+        process_scale = (
+            self.accelerator.num_processes
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices
+            else 1
+        )
         if self.loss_terms:
             ctx = LossContext(
                 model=model,
@@ -120,14 +126,14 @@ class TokenSafeTrainer(Trainer):
                 labels=labels,
                 normaliser=normaliser,
                 grad_accum_steps=getattr(self, "current_gradient_accumulation_steps", 1),
+                process_scale=process_scale,
             )
             for term in self.loss_terms:
                 value = term(ctx)
                 loss = loss + value
                 self._term_logs.setdefault(term.name, []).append(float(value.detach()))
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            # DDP averages gradients over processes while our normaliser already counts every process's tokens.
-            loss = loss * self.accelerator.num_processes
+        if process_scale != 1:
+            loss = loss * process_scale
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

@@ -57,9 +57,19 @@ def test_term_is_lambda_times_regulariser_per_optimiser_step(student, pair, chat
     batch = TokenCollator(tokenizer.pad_token_id)([chat_dataset[i] for i in range(2)])
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     reg = build_asft_loss(student, pair, lam=1.0).regulariser().item()
-    for lam, accum in [(1.0, 1), (0.3, 1), (2.0, 4)]:
-        ctx = LossContext(student, batch, logits, batch["labels"], torch.tensor(10.0), grad_accum_steps=accum)
-        assert build_asft_loss(student, pair, lam)(ctx).item() == pytest.approx(lam * reg / accum, rel=1e-6)
+    # under DDP (process_scale = P: the trainer multiplies each process's loss by P, then DDP averages over P)
+    for lam, accum, processes in [(1.0, 1, 1), (0.3, 1, 1), (2.0, 4, 1), (2.0, 4, 2)]:
+        ctx = LossContext(
+            student,
+            batch,
+            logits,
+            batch["labels"],
+            torch.tensor(10.0),
+            grad_accum_steps=accum,
+            process_scale=processes,
+        )
+        expected = lam * reg / (accum * processes)
+        assert build_asft_loss(student, pair, lam)(ctx).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_lambda_zero_is_sft_exactly(student, pair, chat_dataset, tokenizer, tmp_path):

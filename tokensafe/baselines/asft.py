@@ -6,8 +6,11 @@ B' = B − V (Vᵀ B) / ‖V‖_F (d_out, r)::
 
     ‖(I − Ĉ) ΔW‖²_F = s² Σ (B'ᵀ B') ⊙ (A Aᵀ)        two r × r Gram matrices: no (d_out, d_in) or d × d matrix
 
-The term does not depend on the batch, so each micro-batch adds λ R / grad_accum_steps: one optimiser step then
-carries exactly λ R, however the batch is split (under DDP the trainer's ×processes and the gradient average cancel).
+The term does not depend on the batch, so each micro-batch adds λ R / (grad_accum_steps · process_scale): one
+optimiser step then carries exactly λ R, however the batch is split. Under DDP every process computes the same R and
+the trainer multiplies each process's loss by the number of processes P (``process_scale``, which the token sums
+need) before the gradients are averaged over the P processes: without the division by P the step would carry P λ R.
+(The logged ``loss_asft`` is then process 0's share, λ R / P, like every term's log under DDP.)
 The V of every layer stays in memory (the same size as the adapted base weights, ~50 MB for q,v of SmolLM2-135M).
 """
 
@@ -58,7 +61,7 @@ class AsftLoss:
     def __call__(self, ctx: LossContext) -> torch.Tensor:
         if self.lam == 0.0:
             return ctx.logits.new_zeros(())  # exactly SFT, without computing anything
-        return self.lam * self.regulariser() / max(1, int(ctx.grad_accum_steps))
+        return self.lam * self.regulariser() / (max(1, int(ctx.grad_accum_steps)) * max(1, int(ctx.process_scale)))
 
 
 def build_asft_loss(model: torch.nn.Module, pair: AlignmentPair, lam: float) -> AsftLoss:
