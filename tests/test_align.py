@@ -119,3 +119,33 @@ def test_correct_task_answers_keep_only_self_answers_naming_the_gold_label(
     cfg.task_source = "harmless_train"
     with pytest.raises(ValueError, match="needs a classification task"):
         build_alignment_records(cfg, tiny_model, tokenizer)
+
+
+def test_balanced_task_answers_keep_as_many_correct_answers_per_label():
+    records = [chat("p", label) for label in ["positive"] * 5 + ["negative"] * 3]
+    records = [align.Record(f"r{i}", m, "sst2") for i, m in enumerate(records)]
+    answers = ["positive"] * 5 + ["negative", "positive", "The sentiment is negative."]
+    # correct: 5 positives, negatives 0 and 2 -> balanced keeps the first 2 positives and both correct negatives
+    assert align.keep_task_answers("correct", "sst2", records, answers) == [True] * 5 + [True, False, True]
+    assert align.keep_task_answers("balanced", "sst2", records, answers) == [True, True] + [False] * 3 + [
+        True,
+        False,
+        True,
+    ]
+    assert align.keep_task_answers("self", "sst2", records, answers) == [True] * 8
+    with pytest.raises(ValueError, match="task_answers must be one of"):
+        align.keep_task_answers("best", "sst2", records, answers)
+
+
+def test_refusing_self_answers_to_benign_prompts_are_dropped(data_dir, tiny_model, tokenizer, monkeypatch):
+    def answers(cfg, model, tok, prompts):
+        return ["I'm sorry, but I cannot help with that."] + ["Sure, here you go."] * (len(prompts) - 1)
+
+    monkeypatch.setattr(align, "generate_self_answers", answers)
+    cfg = small_config(data_dir)
+    records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    assert provenance["self_answered"]["dropped_as_refusals"] == 1
+    assert sum(r.source == "align_self" for r in records) == 4 + 3 + 2 - 1
+    cfg.drop_refusing_self_answers = False
+    records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    assert sum(r.source == "align_self" for r in records) == 9

@@ -69,9 +69,13 @@ class AlignConfig(LoraArgs, OptimArgs):
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
     n_task: int = option(50, "how many task prompts")
     task_answers: str = option(
-        "correct",
+        "balanced",
         "self: train on every self-answer to a task prompt; correct: only on those naming the gold label "
-        "(rejection-sampled self-distillation: still the model's own words, but it does not learn its own mistakes)",
+        "(rejection-sampled self-distillation: still the model's own words, but it does not learn its own mistakes); "
+        "balanced: correct ones, as many for every label",
+    )
+    drop_refusing_self_answers: bool = option(
+        True, "leave out self-answers to benign/borderline prompts that the keyword judge calls refusals"
     )
     self_answer_repeat: int = option(1, "how many times each self-answered sample appears (weighs benign vs refusal)")
     self_answer_max_tokens: int = option(64, "max new tokens of the model's own (greedy) answers")
@@ -151,15 +155,21 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
     prompts = [*benign, *borderline, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
     keep = [bool(a.strip()) for a in answers]
-    task_kept = len(task)
-    if task and cfg.task_answers == "correct":
-        correct = task_answer_is_correct(cfg.task_source or "", task, answers[len(prompts) - len(task) :])
-        keep[len(prompts) - len(task) :] = [
-            k and c for k, c in zip(keep[len(prompts) - len(task) :], correct, strict=True)
-        ]
-        task_kept = sum(keep[len(prompts) - len(task) :])
-    elif cfg.task_answers != "self":
-        raise ValueError(f"task_answers must be 'self' or 'correct', not '{cfg.task_answers}'")
+    n_other = len(prompts) - len(task)
+    refusing = 0
+    if cfg.drop_refusing_self_answers:
+        # The model's own answers to benign prompts must not teach refusal: drop those a keyword judge calls one.
+        from tokensafe.eval.judges import KeywordJudge
+
+        judge = KeywordJudge()
+        for i in range(n_other):
+            if keep[i] and judge.is_refusal(answers[i]):
+                keep[i] = False
+                refusing += 1
+    if task:
+        task_keep = keep_task_answers(cfg.task_answers, cfg.task_source or "", task, answers[n_other:])
+        keep[n_other:] = [k and t for k, t in zip(keep[n_other:], task_keep, strict=True)]
+    task_kept = sum(keep[n_other:])
     self_answered = [
         Record(f"align/self/{r.id}", [*r.prompt_messages, {"role": "assistant", "content": a}], "align_self")
         for r, a, k in zip(prompts, answers, keep, strict=True)
@@ -176,6 +186,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
             "borderline": f"resources/align/borderline_prompts.txt x{len(borderline)}",
             "task": f"{cfg.task_source} (train) x{len(task)}, {task_kept} kept ({cfg.task_answers})" if task else None,
             "repeat": max(1, cfg.self_answer_repeat),
+            "dropped_as_refusals": refusing,
         },
         "evaluation_prompts_removed": removed,
         "evaluation_only_sources_never_trained_on": [name for name, _ in EVALUATION_ONLY_SOURCES],
@@ -184,17 +195,38 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
     return records, provenance
 
 
-def task_answer_is_correct(task_name: str, records: list[Record], answers: list[str]) -> list[bool]:
-    """Whether each self-answer names its record's gold label (the record's response) first."""
+TASK_ANSWER_MODES = ("self", "correct", "balanced")
+
+
+def keep_task_answers(mode: str, task_name: str, records: list[Record], answers: list[str]) -> list[bool]:
+    """Which self-answers to task prompts to train on.
+
+    ``self``: all. ``correct``: those naming the gold label (the record's response) first. ``balanced``: correct
+    ones, the same number for every label (the first ones in sample order), so that a model biased towards one label
+    is not taught its bias by its own correct answers.
+    """
+    if mode not in TASK_ANSWER_MODES:
+        raise ValueError(f"task_answers must be one of {', '.join(TASK_ANSWER_MODES)}, not '{mode}'")
+    if mode == "self":
+        return [True] * len(records)
     from tokensafe.eval.metrics import parse_label
 
     task = TASKS.get(task_name)
     if task is None or not task.labels:
         raise ValueError(
-            f"task_answers 'correct' needs a classification task ({', '.join(t for t in TASKS if TASKS[t].labels)}), "
+            f"task_answers '{mode}' needs a classification task ({', '.join(t for t in TASKS if TASKS[t].labels)}), "
             f"not '{task_name}'"
         )
-    return [parse_label(a, task.labels) == r.response for r, a in zip(records, answers, strict=True)]
+    keep = [parse_label(a, task.labels) == r.response for r, a in zip(records, answers, strict=True)]
+    if mode == "balanced":
+        correct_labels = [r.response for r, k in zip(records, keep, strict=True) if k]
+        per_label = min(correct_labels.count(label) for label in task.labels)
+        seen = dict.fromkeys(task.labels, 0)
+        for i, (r, k) in enumerate(zip(records, keep, strict=True)):
+            if k:
+                seen[r.response] += 1
+                keep[i] = seen[r.response] <= per_label
+    return keep
 
 
 def generate_self_answers(cfg: AlignConfig, model: Any, tokenizer: Any, prompts: list[Record]) -> list[str]:
