@@ -45,7 +45,7 @@ class AlignConfig(LoraArgs, OptimArgs):
     """`tokensafe align`: refusal SFT of a model; the result is saved as a named model."""
 
     output_dir: str = option("runs/align", "where the training log and the summary are written")
-    epochs: float = option(2.0, "number of epochs")
+    epochs: float = option(1.0, "number of epochs")
     batch_size: int = option(8, "per-device micro-batch size")
     learning_rate: float = option(3e-4, "peak learning rate")
     lr_scheduler: str = option("cosine", "transformers scheduler name")
@@ -62,12 +62,12 @@ class AlignConfig(LoraArgs, OptimArgs):
     harmful_prompt_source: str = option("harmful_train", "prompt-only harmful instructions paired with refusals")
     n_harmful_prompts: int = option(200, "how many of them to use")
     safe_answer_source: str | None = option("safe_behaviors", "harmful prompts with published safe answers (or none)")
-    n_safe_answers: int = option(100, "how many of those to use")
+    n_safe_answers: int = option(50, "how many of those to use")
     benign_source: str = option("harmless_train", "benign instructions answered by the model itself")
     n_benign: int = option(150, "how many benign instructions")
-    n_borderline: int = option(50, "how many of the project's borderline-but-safe prompts (0-50)")
+    n_borderline: int = option(197, "how many of the project's borderline-but-safe prompts (0-197)")
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
-    n_task: int = option(50, "how many task prompts")
+    n_task: int = option(300, "how many task prompts (answers kept per task_answers)")
     task_answers: str = option(
         "balanced",
         "self: train on every self-answer to a task prompt; correct: only on those naming the gold label "
