@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8, help="baseline batch (tokensafe: same padded budget)")
     parser.add_argument("--shard_samples", type=int, default=32)
-    parser.add_argument("--chunk_tokens", type=int, default=256)
+    parser.add_argument("--chunk_tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--selection_n", type=int, default=10_000_000)
     parser.add_argument("--skip_scoring", action="store_true")

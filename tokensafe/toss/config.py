@@ -72,7 +72,7 @@ class ScoringArgs:
 
     score_batch_tokens: int = option(4096, "padded tokens per scoring batch (samples are sorted by length)")
     score_shard_samples: int = option(128, "samples per shard; a killed run resumes after the last full shard")
-    score_chunk_tokens: int = option(256, "positions per vocabulary-projection chunk (memory: chunk x vocab floats)")
+    score_chunk_tokens: int = option(64, "positions per vocabulary-projection chunk (memory: chunk x vocab floats)")
     score_share_prefix: int = option(
         8, "run a prefix shared by a whole batch (system prompt, instruction) once when it has >= N tokens (0 = off)"
     )

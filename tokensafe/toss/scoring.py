@@ -110,7 +110,7 @@ def label_nll(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     head: torch.nn.Module,
-    chunk_tokens: int = 256,
+    chunk_tokens: int = 64,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """-log softmax(head(hidden))[target] for N rows, computed ``chunk_tokens`` rows at a time.
@@ -138,7 +138,7 @@ class AdapterScorer:
     ``adapters`` names PEFT adapters loaded on ``model``; ``None`` scores the base model with adapters disabled.
     """
 
-    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 256, share_prefix: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 64, share_prefix: int = 8) -> None:
         self.model = model.eval()
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.decoder = inner.get_decoder()
@@ -305,7 +305,7 @@ def score_dataset(
     run_key: str = "",
     batch_tokens: int = 4096,
     shard_samples: int = 256,
-    chunk_tokens: int = 256,
+    chunk_tokens: int = 64,
     share_prefix: int = 8,
     after_shard: Callable[[int], None] | None = None,
     meta: dict[str, Any] | None = None,
