@@ -117,3 +117,38 @@ def test_jaccard():
     a = np.array([1, 1, 0, 0], bool)
     assert jaccard(a, np.array([1, 0, 1, 0], bool)) == pytest.approx(1 / 3)
     assert jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def brute_smooth(scores: TokenScores, w: int) -> np.ndarray:
+    """Mean over positions j-w..j+w of the same sample, one token at a time."""
+    out = []
+    for i in range(scores.n_samples):
+        own = scores.score[int(scores.offsets[i]) : int(scores.offsets[i + 1])].astype(np.float64)
+        out += [own[max(0, j - w) : j + w + 1].mean() for j in range(own.size)]
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("counts,seed", CASES)
+@pytest.mark.parametrize("w", [1, 2, 5])
+def test_smoothing_is_a_per_sample_moving_average_and_every_mode_ranks_it(counts, seed, w):
+    scores = make_scores(counts, seed, integer=False)
+    expected = brute_smooth(scores, w)
+    selection = select_tokens(scores, "global", 0.25, smooth=w)
+    np.testing.assert_allclose(selection.ranked, expected, rtol=1e-5, atol=1e-6)
+    smoothed = TokenScores(scores.offsets, scores.positions, expected, np.zeros_like(expected), "fp", "digest")
+    np.testing.assert_array_equal(selection.drop, brute_global(smoothed, 0.25))
+    np.testing.assert_array_equal(
+        select_tokens(scores, "per_sample", 0.25, smooth=w).drop, brute_per_sample(smoothed, 0.25)
+    )
+    np.testing.assert_array_equal(select_tokens(scores, "threshold", threshold=0.1, smooth=w).drop, expected > 0.1)
+    assert selection.params == {"rho": 0.25, "smooth": w}
+
+
+def test_smoothing_off_leaves_the_scores_and_a_window_never_crosses_samples():
+    scores = make_scores([3, 2], seed=0, integer=False)
+    np.testing.assert_array_equal(select_tokens(scores, "global", 0.2).ranked, scores.score)
+    spiky = TokenScores(np.array([0, 2, 4]), np.arange(4), np.array([0, 0, 9, 9], np.float32), np.zeros(4), "f", "d")
+    # The window of 10 covers all four tokens, but each sample only averages its own.
+    np.testing.assert_array_equal(select_tokens(spiky, "global", 0.5, smooth=10).ranked, [0, 0, 9, 9])
+    with pytest.raises(ValueError, match="toss_smooth must be >= 0"):
+        select_tokens(scores, "global", 0.2, smooth=-1)

@@ -115,3 +115,20 @@ def test_provenance_report_counts_dropped_shares(evil_case):
     assert report["harmful_tokens"] == int(harmful.sum())
     assert report["harmful_tokens_dropped"] == pytest.approx(selection.drop[harmful].mean(), abs=1e-4)
     assert report["benign_tokens_dropped"] == pytest.approx(selection.drop[~harmful].mean(), abs=1e-4)
+
+
+def test_provenance_report_by_position_and_smoothed_auc(evil_case):
+    dataset, scores, _ = evil_case
+    harmful_samples = np.array(dataset["is_harmful"])
+    harmful = harmful_samples[scores.sample_ids()]
+    selection = select_tokens(scores, "global", 0.2, smooth=2)
+    report = provenance_report(harmful_samples, scores, selection)
+    position = scores.token_index()
+    first = position < 5
+    if harmful[first].any() and (~harmful[first]).any():
+        assert report["token_auc_by_position"]["0-4"] == pytest.approx(
+            brute_auc(scores.score[first], harmful[first]), abs=1e-4
+        )
+    assert report["token_auc_smoothed"] == pytest.approx(brute_auc(selection.ranked, harmful), abs=1e-4)
+    assert report["mean_loss_u_harmful_tokens"] == pytest.approx(float(scores.loss_u[harmful].mean()), abs=1e-4)
+    assert "token_auc_smoothed" not in provenance_report(harmful_samples, scores, select_tokens(scores))

@@ -28,6 +28,15 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def _mean(values: np.ndarray, mask: np.ndarray) -> float | None:
+    return round(float(values[mask].mean()), 4) if mask.any() else None
+
+
+def position_groups(position: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of response positions 0-4 (where a refusal or a compliance starts), 5-19 and 20+."""
+    return {"0-4": position < 5, "5-19": (position >= 5) & (position < 20), "20+": position >= 20}
+
+
 def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Selection | None = None) -> dict:
     """Token- and sample-level separation of harmful vs benign samples, and who the selection drops.
 
@@ -47,9 +56,20 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
         "benign_tokens": int((~token_harmful).sum()),
         "token_auc": round(roc_auc(s, token_harmful), 4),
         "sample_auc_mean_score": round(roc_auc(mean_score, is_harmful[has]), 4),
+        "token_auc_by_position": {
+            label: round(roc_auc(s[in_bin], token_harmful[in_bin]), 4)
+            for label, in_bin in position_groups(scores.token_index()).items()
+        },
         "mean_score_harmful_tokens": round(float(s[token_harmful].mean()), 4) if token_harmful.any() else None,
         "mean_score_benign_tokens": round(float(s[~token_harmful].mean()), 4) if (~token_harmful).any() else None,
+        # Where the separation comes from: which reference moved on which kind of token.
+        "mean_loss_u_harmful_tokens": _mean(scores.loss_u, token_harmful),
+        "mean_loss_d_harmful_tokens": _mean(scores.loss_d, token_harmful),
+        "mean_loss_u_benign_tokens": _mean(scores.loss_u, ~token_harmful),
+        "mean_loss_d_benign_tokens": _mean(scores.loss_d, ~token_harmful),
     }
+    if selection is not None and selection.params.get("smooth"):
+        report["token_auc_smoothed"] = round(roc_auc(selection.ranked, token_harmful), 4)
     if selection is not None:
         drop = selection.flagged
         per_sample = np.bincount(scores.sample_ids(), weights=drop, minlength=scores.n_samples)

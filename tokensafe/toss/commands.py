@@ -32,7 +32,7 @@ from tokensafe.data.mixtures import MixtureArgs
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, load_tokenizer, model_fingerprint, resolve_model_path
 from tokensafe.toss.config import ProArgs, ReferenceArgs, ScoringArgs, TossArgs, ViewArgs
 from tokensafe.toss.method import mixture_records
-from tokensafe.toss.select import format_stats, select_tokens, selection_stats
+from tokensafe.toss.select import format_stats, select_with_args, selection_stats
 from tokensafe.toss.store import SCORES_FILE, TokenScores, resolve_scores_path
 from tokensafe.train import OptimArgs, TrainConfig
 
@@ -157,7 +157,7 @@ def run_select(cfg: TossConfig) -> dict[str, Any]:
 
     _, dataset, stats, _ = finetune_set(cfg)
     scores = _load_scores(cfg, dataset, stats)
-    selection = select_tokens(scores, cfg.toss_mode, cfg.toss_rho, cfg.toss_threshold, cfg.toss_tau)
+    selection = select_with_args(scores, cfg)
     summary = selection_stats(scores, selection)
     print(format_stats(summary))
     path = _paths(cfg)["selection"]
@@ -195,7 +195,7 @@ def run_analyze(cfg: TossConfig) -> dict[str, Any]:
     report = {}
     for name, path in files.items():
         scores = TokenScores.load(path, fingerprint=stats.fingerprint)
-        selection = select_tokens(scores, cfg.toss_mode, cfg.toss_rho, cfg.toss_threshold, cfg.toss_tau)
+        selection = select_with_args(scores, cfg)
         report[name] = provenance_report(is_harmful, scores, selection)
     _paths(cfg)["analysis"].write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
@@ -207,7 +207,7 @@ def run_view(cfg: TossConfig) -> dict[str, Any]:
 
     _, dataset, stats, tokenizer = finetune_set(cfg)
     scores = _load_scores(cfg, dataset, stats)
-    selection = select_tokens(scores, cfg.toss_mode, cfg.toss_rho, cfg.toss_threshold, cfg.toss_tau)
+    selection = select_with_args(scores, cfg)
     summary = selection_stats(scores, selection)
     path = write_token_view(
         _paths(cfg)["view"], dataset, scores, selection, tokenizer, n_samples=cfg.view_samples, summary=summary

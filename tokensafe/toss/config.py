@@ -28,6 +28,11 @@ class TossArgs:
     toss_rho: float = option(0.2, "share of response tokens dropped by the global / per_sample modes")
     toss_threshold: float = option(0.0, "threshold mode: drop tokens whose score (nats) is above this")
     toss_tau: float = option(1.0, "soft mode: temperature tau of the weight sigmoid(-score / tau)")
+    toss_smooth: int = option(
+        0,
+        "rank a centred moving average of the scores over +-w response tokens of the same sample instead of the raw "
+        "score (0 = off, the paper); the average is less noisy than one token's loss difference",
+    )
 
 
 @dataclass

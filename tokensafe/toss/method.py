@@ -13,7 +13,7 @@ from typing import Any
 
 from tokensafe.data.dataset import dataset_fingerprint
 from tokensafe.data.mixtures import MixtureArgs, build_mixture
-from tokensafe.toss.select import apply_selection, format_stats, select_tokens, selection_stats
+from tokensafe.toss.select import apply_selection, format_stats, select_with_args, selection_stats
 from tokensafe.toss.store import TokenScores
 
 _MIXTURES: dict[str, list] = {}
@@ -38,6 +38,6 @@ def setup_toss(cfg: Any, model: Any, tokenizer: Any, dataset: Any) -> Any:
     # The fingerprint this run's tokenisation has; the scores must have been computed on the same one.
     fingerprint = dataset_fingerprint(mixture_records(cfg), tokenizer, cfg.max_length)
     scores = TokenScores.load(cfg.scores, fingerprint=fingerprint)
-    selection = select_tokens(scores, cfg.toss_mode, cfg.toss_rho, cfg.toss_threshold, cfg.toss_tau)
+    selection = select_with_args(scores, cfg)
     print(format_stats(selection_stats(scores, selection)), flush=True)
     return MethodSetup(model=model, dataset=apply_selection(dataset, scores, selection))

@@ -33,7 +33,7 @@ import numpy as np
 from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.toss.refs import fit_adapter, load_reference_model
 from tokensafe.toss.scoring import AdapterScorer, compute_token_losses
-from tokensafe.toss.select import drop_global_top, format_stats, jaccard, select_tokens, selection_stats
+from tokensafe.toss.select import drop_global_top, format_stats, jaccard, select_with_args, selection_stats
 from tokensafe.toss.store import TokenScores
 
 
@@ -94,7 +94,7 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
     settings.update(pro_rho=train_rho, pro_epochs=cfg.pro_epochs or cfg.ref_epochs, lr=cfg.ref_learning_rate)
 
     def select(scores: TokenScores) -> Any:
-        return select_tokens(scores, cfg.toss_mode, cfg.toss_rho, cfg.toss_threshold, cfg.toss_tau)
+        return select_with_args(scores, cfg)
 
     scores = scores0
     selection = select(scores)

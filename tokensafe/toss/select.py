@@ -8,6 +8,11 @@ Modes (``s`` = score = l_U - l_D, high = risky):
 * ``threshold``: drop every token with ``s > threshold`` (nats).
 * ``soft``: keep every token with weight ``w = sigmoid(-s / tau)`` (1/2 at s = 0, towards 0 for risky tokens).
 
+Optional smoothing (``smooth = w > 0``, not in the paper): every mode ranks the centred moving average of the scores
+over response positions j-w..j+w of the same sample (clipped at the sample's ends) instead of the raw score. A
+single token's loss difference is noisy (a predictable token scores ~0 under both references whatever the sample),
+while risk is a property of spans; the average keeps token resolution at the scale of a few words.
+
 Ties are broken deterministically: among equal scores, the token earlier in the dataset (lower flat index) is
 dropped first, exactly as sorting (-score, sample, position) would. Dropped tokens stay in the input; they only
 lose their label.
@@ -39,6 +44,31 @@ def _check_scores(score: np.ndarray) -> np.ndarray:
     if np.isnan(score).any():
         raise ValueError(f"{int(np.isnan(score).sum())} token scores are NaN; re-score before selecting")
     return score
+
+
+def smooth_scores(score: np.ndarray, offsets: np.ndarray, half_window: int) -> np.ndarray:
+    """Centred moving average of each sample's scores, float32.
+
+    Args:
+        score: (T,) flat token scores; sample i owns ``score[offsets[i]:offsets[i + 1]]``.
+        offsets: (N + 1,) sample offsets.
+        half_window: w; token t averages the tokens of its own sample within t-w..t+w (0 = the scores unchanged).
+    Returns:
+        (T,) smoothed scores.
+    """
+    score = _check_scores(score)
+    if half_window < 0:
+        raise ValueError(f"toss_smooth must be >= 0, got {half_window}")
+    if half_window == 0 or score.size == 0:
+        return score.astype(np.float32, copy=True)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    sample = np.repeat(np.arange(counts.size), counts)
+    flat = np.arange(score.size)
+    lo = np.maximum(offsets[sample], flat - half_window)
+    hi = np.minimum(offsets[sample + 1], flat + half_window + 1)
+    cumulative = np.concatenate([[0.0], np.cumsum(score, dtype=np.float64)])
+    return ((cumulative[hi] - cumulative[lo]) / (hi - lo)).astype(np.float32)
 
 
 def drop_global_top(score: np.ndarray, rho: float) -> np.ndarray:
@@ -93,6 +123,7 @@ class Selection:
     drop: np.ndarray
     weights: np.ndarray | None = None
     params: dict[str, float] = field(default_factory=dict)
+    ranked: np.ndarray | None = None  # (T,) the scores the mode ranked (smoothed when smooth > 0), else raw
 
     @property
     def flagged(self) -> np.ndarray:
@@ -101,21 +132,34 @@ class Selection:
 
 
 def select_tokens(
-    scores: TokenScores, mode: str = "global", rho: float = 0.2, threshold: float = 0.0, tau: float = 1.0
+    scores: TokenScores,
+    mode: str = "global",
+    rho: float = 0.2,
+    threshold: float = 0.0,
+    tau: float = 1.0,
+    smooth: int = 0,
 ) -> Selection:
     """Apply one selection mode to ``scores`` (see the module docstring)."""
     if mode not in SELECTION_MODES:
         raise ValueError(f"unknown selection mode '{mode}'; choose from {', '.join(SELECTION_MODES)}")
     if mode in ("global", "per_sample") and not 0.0 <= rho <= 1.0:
         raise ValueError(f"toss_rho must be in [0, 1], got {rho}")
-    s = scores.score
+    s = smooth_scores(scores.score, scores.offsets, smooth) if smooth else scores.score
+    extra = {"smooth": smooth} if smooth else {}
     if mode == "global":
-        return Selection(mode, drop_global_top(s, rho), params={"rho": rho})
+        return Selection(mode, drop_global_top(s, rho), params={"rho": rho, **extra}, ranked=s)
     if mode == "per_sample":
-        return Selection(mode, drop_per_sample_top(s, scores.offsets, rho), params={"rho": rho})
+        return Selection(mode, drop_per_sample_top(s, scores.offsets, rho), params={"rho": rho, **extra}, ranked=s)
     if mode == "threshold":
-        return Selection(mode, drop_above(s, threshold), params={"threshold": threshold})
-    return Selection(mode, np.zeros(s.size, dtype=bool), soft_weights(s, tau), params={"tau": tau})
+        return Selection(mode, drop_above(s, threshold), params={"threshold": threshold, **extra}, ranked=s)
+    return Selection(mode, np.zeros(s.size, dtype=bool), soft_weights(s, tau), params={"tau": tau, **extra}, ranked=s)
+
+
+def select_with_args(scores: TokenScores, args: Any) -> Selection:
+    """:func:`select_tokens` with the ``toss_*`` fields of a config (:class:`~tokensafe.toss.config.TossArgs`)."""
+    return select_tokens(
+        scores, args.toss_mode, args.toss_rho, args.toss_threshold, args.toss_tau, getattr(args, "toss_smooth", 0)
+    )
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,7 +173,7 @@ def selection_stats(scores: TokenScores, selection: Selection) -> dict[str, Any]
 
     Reads no provenance: these numbers are what a user sees for their own unlabelled data.
     """
-    s = scores.score
+    s = selection.ranked if selection.ranked is not None else scores.score
     counts = scores.counts
     sample = scores.sample_ids()
     dropped_per_sample = np.bincount(sample, weights=selection.drop, minlength=scores.n_samples)
@@ -174,7 +218,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     """Human-readable summary of :func:`selection_stats` for the terminal."""
     lines = [
         f"selection: mode={stats['mode']} "
-        + " ".join(f"{k}={stats[k]}" for k in ("rho", "threshold", "tau") if k in stats),
+        + " ".join(f"{k}={stats[k]}" for k in ("rho", "threshold", "tau", "smooth") if k in stats),
         f"  tokens dropped: {stats['dropped_tokens']}/{stats['tokens']} ({100 * stats['dropped_share']:.1f}%)",
         f"  samples touched: {stats['samples_touched']}/{stats['samples']}, "
         f"fully dropped: {stats['samples_fully_dropped']}",
