@@ -6,7 +6,7 @@ import pytest
 
 import tokensafe.align as align
 from tokensafe.align import AlignConfig, build_alignment_records, normalise_prompt
-from tokensafe.data.prompts import borderline_records, resource_lines
+from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
 from tokensafe.data.records import chat
 from tokensafe.data.sources import load_source
 
@@ -76,6 +76,35 @@ def test_borderline_prompts_are_not_evaluation_prompts_and_val_is_held_out(data_
     assert len({normalise_prompt(p) for p in train}) == len(train)
     assert not [p for p in train + val if normalise_prompt(p) in keys]
     assert not {normalise_prompt(p) for p in train} & {normalise_prompt(p) for p in val}
+
+
+def test_instruction_twins_are_benign_prompts_outside_the_evaluation_sets(data_dir):
+    keys = align.evaluation_prompt_keys(str(data_dir))
+    train = [r.prompt for r in twin_records("train")]
+    val = [r.prompt for r in twin_records("val")]
+    assert (len(train), len(val)) == (125, 30)
+    assert len({normalise_prompt(p) for p in train + val}) == len(train) + len(val)  # no repeats, val held out
+    assert not [p for p in train + val if normalise_prompt(p) in keys]
+    assert all(not r.is_harmful and r.response is None for r in twin_records("val"))
+    with pytest.raises(ValueError, match="unknown align_twins split 'test'"):
+        twin_records("test")
+
+
+def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model, tokenizer, monkeypatch):
+    asked: list[str] = []
+
+    def fake_answers(cfg, model, tok, prompts):
+        asked.extend(p.prompt for p in prompts)
+        return ["ok"] * len(prompts)
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    cfg = small_config(data_dir)
+    cfg.n_twins = 5
+    records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    twins = [r.prompt for r in twin_records("train")[:5]]
+    assert [p for p in asked if p in twins] == twins
+    assert sum(r.source == "align_self" for r in records) == 4 + 3 + 5 + 2
+    assert provenance["self_answered"]["instruction_twins"].endswith("x5")
 
 
 def test_sample_part_is_prefix_stable_and_independent_per_part():

@@ -29,7 +29,7 @@ from typing import Any
 
 from tokensafe.config import option, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
-from tokensafe.data.prompts import borderline_records, resource_lines
+from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import TASKS
@@ -49,6 +49,9 @@ class AlignConfig(LoraArgs, OptimArgs):
     batch_size: int = option(8, "per-device micro-batch size")
     learning_rate: float = option(3e-4, "peak learning rate")
     lr_scheduler: str = option("cosine", "transformers scheduler name")
+    # A few long safe answers (HarmBench, up to max_length) would pad about half of the random batches to ~4x the
+    # typical length: grouping by length cuts the training time of the default run by roughly 40%.
+    group_by_length: bool = option(True, "batch samples of similar length together (less padding)")
     warmup_ratio: float = option(0.05, "share of steps used for linear warm-up")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)")
@@ -66,6 +69,9 @@ class AlignConfig(LoraArgs, OptimArgs):
     benign_source: str = option("harmless_train", "benign instructions answered by the model itself")
     n_benign: int = option(150, "how many benign instructions")
     n_borderline: int = option(197, "how many of the project's borderline-but-safe prompts (0-197)")
+    n_twins: int = option(
+        0, "how many of the project's benign instructions in harmful-dataset format ('Write a tutorial on ...', 0-125)"
+    )
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
     n_task: int = option(300, "how many task prompts (answers kept per task_answers)")
     task_answers: str = option(
@@ -147,12 +153,13 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         allowed(load_source(cfg.benign_source, data_dir=cfg.data_dir)), cfg.n_benign, cfg.seed, "benign"
     )
     borderline = allowed(borderline_records("train"))[: cfg.n_borderline]
+    twins = allowed(twin_records("train"))[: cfg.n_twins]
     task: list[Record] = []
     if cfg.task_source and cfg.n_task:
         task = sample_part(
             allowed(load_source(cfg.task_source, data_dir=cfg.data_dir, split="train")), cfg.n_task, cfg.seed, "task"
         )
-    prompts = [*benign, *borderline, *task]
+    prompts = [*benign, *borderline, *twins, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
     keep = [bool(a.strip()) for a in answers]
     n_other = len(prompts) - len(task)
@@ -184,6 +191,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         "self_answered": {
             "benign": f"{cfg.benign_source} x{len(benign)}",
             "borderline": f"resources/align/borderline_prompts.txt x{len(borderline)}",
+            "instruction_twins": f"resources/align/instruction_twins.txt x{len(twins)}",
             "task": f"{cfg.task_source} (train) x{len(task)}, {task_kept} kept ({cfg.task_answers})" if task else None,
             "repeat": max(1, cfg.self_answer_repeat),
             "dropped_as_refusals": refusing,

@@ -58,6 +58,11 @@ class OptimArgs:
     save_total_limit: int = option(2, "number of checkpoints kept")
     resume: str | None = option(None, "resume from a checkpoint directory, or 'last' for the newest in output_dir")
     threads: int = option(0, "torch CPU threads (0 = torch default)")
+    group_by_length: bool = option(
+        False,
+        "batch samples of similar length together (less padding, faster on CPU); the order is still seeded-random "
+        "across length groups",
+    )
 
 
 @dataclass
@@ -161,6 +166,7 @@ def training_arguments(cfg: OptimArgs, **overrides: Any) -> TrainingArguments:
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,

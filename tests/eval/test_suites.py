@@ -193,3 +193,6 @@ def test_alignment_selection_suites_load_held_out_prompts(shared_data):
     borderline = get_suite("borderline_val").load(limit=10, seed=3)
     assert len(borderline) == 10 and {r.source for r in borderline} == {"align_borderline"}
     assert get_suite("borderline_val").kind == get_suite("xstest_safe").kind == "over_refusal"
+    twins = get_suite("twins_val").load()
+    assert len(twins) == 30 and {r.source for r in twins} == {"align_twins"}
+    assert get_suite("twins_val").kind == "over_refusal"

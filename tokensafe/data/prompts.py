@@ -1,8 +1,10 @@
 """Prompt lists shipped with tokensafe (``tokensafe/resources/align/*.txt``): one prompt per line, ``#`` comments.
 
-They are written for this project: refusal templates, and borderline-but-safe prompts (scary words, harmless intent)
+They are written for this project: refusal templates; borderline-but-safe prompts (scary words, harmless intent)
 in two disjoint files — ``borderline_prompts.txt`` that `tokensafe align` trains on and ``borderline_val.txt`` that
-is only used to choose alignment settings (suite ``borderline_val``). Neither contains an evaluation prompt.
+is only used to choose alignment settings (suite ``borderline_val``); and benign "instruction twins" in the
+imperative format of harmful-behaviour datasets (``instruction_twins.txt`` / ``instruction_twins_val.txt``, suite
+``twins_val``). None contains an evaluation prompt.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from importlib import resources
 from tokensafe.data.records import Record, chat
 
 BORDERLINE_FILES = {"train": "borderline_prompts.txt", "val": "borderline_val.txt"}
+TWIN_FILES = {"train": "instruction_twins.txt", "val": "instruction_twins_val.txt"}
 
 
 def resource_lines(name: str) -> list[str]:
@@ -20,11 +23,20 @@ def resource_lines(name: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def _prompt_records(files: dict[str, str], source: str, split: str) -> list[Record]:
+    if split not in files:
+        raise ValueError(f"unknown {source} split '{split}'; available: {', '.join(files)}")
+    return [
+        Record(f"{source}/{split}/{i}", chat(prompt), source, is_harmful=False)
+        for i, prompt in enumerate(resource_lines(files[split]))
+    ]
+
+
 def borderline_records(split: str = "train") -> list[Record]:
     """The project's borderline-but-safe prompts of ``split`` (train / val) as prompt-only records."""
-    if split not in BORDERLINE_FILES:
-        raise ValueError(f"unknown borderline split '{split}'; available: {', '.join(BORDERLINE_FILES)}")
-    return [
-        Record(f"align_borderline/{split}/{i}", chat(prompt), "align_borderline", is_harmful=False)
-        for i, prompt in enumerate(resource_lines(BORDERLINE_FILES[split]))
-    ]
+    return _prompt_records(BORDERLINE_FILES, "align_borderline", split)
+
+
+def twin_records(split: str = "train") -> list[Record]:
+    """The project's benign instructions in harmful-dataset format, ``split`` train / val, as prompt-only records."""
+    return _prompt_records(TWIN_FILES, "align_twins", split)

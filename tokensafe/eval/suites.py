@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, Literal
 
-from tokensafe.data.prompts import borderline_records
+from tokensafe.data.prompts import borderline_records, twin_records
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import AGNEWS, GSM8K, SST2, Task
@@ -193,6 +193,15 @@ SUITES: dict[str, Suite] = {
             SAFETY_TOKENS,
             "tokensafe's held-out borderline-but-safe prompts (40)",
             loader=borderline_records,
+        ),
+        _suite(
+            "twins_val",
+            "over_refusal",
+            "align_twins",
+            "val",
+            SAFETY_TOKENS,
+            "tokensafe's held-out benign instructions in harmful-dataset format (30)",
+            loader=twin_records,
         ),
         _suite("gsm8k", "utility", "gsm8k", "test", GSM8K_TOKENS, "GSM8K test (1,319), final number", task=GSM8K),
         _suite("sst2", "utility", "sst2", "dev", LABEL_TOKENS, "SST-2 dev (872), sentiment label", task=SST2),
