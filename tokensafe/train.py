@@ -33,6 +33,7 @@ from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.losses import LossContext, LossTerm, weighted_ce_sum
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model
 from tokensafe.pact.config import PactArgs
+from tokensafe.sampling import ShuffledLengthBatches
 from tokensafe.toss.config import TossArgs
 
 
@@ -60,8 +61,8 @@ class OptimArgs:
     threads: int = option(0, "torch CPU threads (0 = torch default)")
     group_by_length: bool = option(
         False,
-        "batch samples of similar length together (less padding, faster on CPU); the order is still seeded-random "
-        "across length groups",
+        "cut batches from samples of similar length (less padding, faster on CPU) and visit the batches in a "
+        "seeded random order",
     )
 
 
@@ -96,14 +97,24 @@ class TokenSafeTrainer(Trainer):
     ``replaces_ce = True`` (constrained SFT) is the whole token loss: the CE is then not computed.
     """
 
-    def __init__(self, *args: Any, loss_terms: Sequence[LossTerm] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, loss_terms: Sequence[LossTerm] = (), group_by_length: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_terms = list(loss_terms)
+        self.group_by_length = group_by_length
         # Make Trainer count labelled tokens across gradient accumulation and processes (num_items_in_batch) and
         # skip its own division by the accumulation steps: our loss is already normalised by that count.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
         self._term_logs: dict[str, list[float]] = {}
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return ShuffledLengthBatches(lengths, self._train_batch_size, seed=self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         labels = inputs["labels"]
@@ -166,7 +177,6 @@ def training_arguments(cfg: OptimArgs, **overrides: Any) -> TrainingArguments:
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
@@ -223,6 +233,7 @@ def train_model(
         data_collator=TokenCollator(tokenizer.pad_token_id, per_token_columns=per_token, sample_columns=per_sample),
         processing_class=tokenizer,
         loss_terms=loss_terms,
+        group_by_length=cfg.group_by_length,
         callbacks=[loss_log, *callbacks],
     )
     resume = find_last_checkpoint(cfg.output_dir) if cfg.resume == "last" else cfg.resume
