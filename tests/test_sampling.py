@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.test_trainer import make_dataset, optim
 from tokensafe.sampling import ShuffledLengthBatches
 from tokensafe.testing import tiny_llama
 from tokensafe.train import train_model
-from tests.test_trainer import make_dataset, optim
 
 
 def padded_tokens(batches: list[list[int]], lengths: list[int]) -> int:
