@@ -122,3 +122,18 @@ def test_fold_assignment_is_balanced_and_seeded():
     assert sorted(np.bincount(folds).tolist()) == [3, 4, 4]
     assert fold_assignment(11, 3, seed=0).tolist() == folds.tolist()
     assert fold_assignment(11, 1, seed=0).tolist() == [0] * 11
+
+
+def test_pro_trains_d_on_the_top_of_the_smoothed_ranking():
+    from tokensafe.toss.pro import pro_training_mask
+
+    # Sample 0: one isolated spike; sample 1: a run of moderately high scores.
+    score = np.array([0, 0, 5, 0, 0, 2, 2, 2, 2, 2], np.float32)
+    scores = TokenScores(np.array([0, 5, 10]), np.arange(10), score, np.zeros(10), "fp", "digest")
+    previous = np.zeros(10, bool)
+    raw = pro_training_mask(scores, 0.1, "global", 0, previous)
+    assert np.flatnonzero(raw).tolist() == [2]  # the spike
+    smoothed = pro_training_mask(scores, 0.1, "global", 2, previous)
+    # Smoothed, the run (mean 2 everywhere) beats the spike (at most 5/3 at the sample's edge); ties: first token.
+    assert np.flatnonzero(smoothed).tolist() == [5]
+    assert pro_training_mask(scores, 0.1, "threshold", 2, previous) is previous

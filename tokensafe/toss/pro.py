@@ -33,7 +33,14 @@ import numpy as np
 from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.toss.refs import fit_adapter, load_reference_model
 from tokensafe.toss.scoring import AdapterScorer, compute_token_losses
-from tokensafe.toss.select import drop_global_top, format_stats, jaccard, select_with_args, selection_stats
+from tokensafe.toss.select import (
+    drop_global_top,
+    format_stats,
+    jaccard,
+    select_with_args,
+    selection_stats,
+    smooth_scores,
+)
 from tokensafe.toss.store import TokenScores
 
 
@@ -66,6 +73,15 @@ def flagged_training_set(dataset: Any, scores: TokenScores, flagged: np.ndarray,
     return relabelled.select(rows)
 
 
+def pro_training_mask(scores: TokenScores, rho: float, mode: str, smooth: int, previous: np.ndarray) -> np.ndarray:
+    """(T,) bool: the tokens D_{r+1} learns from — the global top ``rho`` of the ranking the selection uses (the
+    scores smoothed over +-``smooth`` tokens when ``smooth`` > 0), or in threshold mode the flagged set itself."""
+    if mode == "threshold":
+        return previous
+    ranked = smooth_scores(scores.score, scores.offsets, smooth) if smooth else scores.score
+    return drop_global_top(ranked, rho)
+
+
 def _digest(*parts: Any) -> str:
     hasher = hashlib.sha256()
     for part in parts:
@@ -91,6 +107,9 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
         k: getattr(cfg, k)
         for k in ("toss_mode", "toss_rho", "toss_threshold", "toss_tau", "pro_folds", "pro_init", "seed")
     }
+    smooth = getattr(cfg, "toss_smooth", 0)
+    if smooth:
+        settings["toss_smooth"] = smooth
     settings.update(pro_rho=train_rho, pro_epochs=cfg.pro_epochs or cfg.ref_epochs, lr=cfg.ref_learning_rate)
 
     def select(scores: TokenScores) -> Any:
@@ -108,7 +127,7 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
     for r in range(1, cfg.pro_rounds + 1):
         start = time.time()
         round_dir = pro_dir / f"round-{r}"
-        train_mask = drop_global_top(scores.score, train_rho) if cfg.toss_mode != "threshold" else previous
+        train_mask = pro_training_mask(scores, train_rho, cfg.toss_mode, smooth, previous)
         key = _digest(scores.content_digest, scores.loss_d, train_mask, json.dumps(settings, sort_keys=True))
         round_file = round_dir / "scores.safetensors"
         info: dict[str, Any] = {"round": r, "trained_on_tokens": int(train_mask.sum()), "folds": []}
