@@ -137,3 +137,13 @@ def test_pro_trains_d_on_the_top_of_the_smoothed_ranking():
     # Smoothed, the run (mean 2 everywhere) beats the spike (at most 5/3 at the sample's edge); ties: first token.
     assert np.flatnonzero(smoothed).tolist() == [5]
     assert pro_training_mask(scores, 0.1, "threshold", 2, previous) is previous
+
+
+def test_ref_u_epochs_trains_u_alone_longer(tiny_values, tmp_path):
+    values = tiny_values | {"ref_max_steps": -1, "ref_epochs": 1, "ref_u_epochs": 2, "harmful_ref_n": 4}
+    values |= {"utility_ref_n": 4, "ref_batch_size": 4}
+    cfg = load_config(TossConfig, None, {k: str(v) for k, v in values.items()})
+    info = run_train_refs(cfg)
+    assert info["D"]["steps"] == 1 and info["U"]["steps"] == 2
+    refs = json.loads((tmp_path / "toss" / "refs" / "refs.json").read_text())
+    assert refs["settings"]["ref_u_epochs"] == 2.0

@@ -64,6 +64,9 @@ class ReferenceArgs:
     ref_lora_target_modules: list[str] = option(["q_proj", "v_proj"], "reference LoRA target modules (paper: q,v)")
     ref_learning_rate: float = option(2e-4, "reference learning rate, constant (paper: 1e-5 with ~10x more steps)")
     ref_epochs: float = option(2.0, "reference training epochs (paper: 2)")
+    ref_u_epochs: float | None = option(
+        None, "epochs of U alone (none = ref_epochs): a small task corpus is memorised long before D has moved"
+    )
     ref_max_steps: int = option(-1, "stop reference training after this many steps (-1 = use ref_epochs)")
     ref_batch_size: int = option(8, "reference micro-batch size")
     ref_grad_accum: int = option(1, "reference gradient accumulation (paper: global batch 64)")

@@ -208,7 +208,10 @@ def train_references(
             info["adapters"][name] = old
             continue
         print(f"[toss] training reference {name} on {stats.samples} samples ({stats.response_tokens} response tokens)")
-        summary = fit_adapter(model_spec, dataset, args, refs_dir / name, seed=seed, cache_dir=cache_dir)
+        epochs = args.ref_u_epochs if name == "U" else None
+        summary = fit_adapter(
+            model_spec, dataset, args, refs_dir / name, seed=seed, cache_dir=cache_dir, epochs=epochs
+        )
         summary.update(
             source=args.harmful_ref if name == "D" else args.utility_ref,
             data_fingerprint=stats.fingerprint,
