@@ -147,3 +147,7 @@ def test_ref_u_epochs_trains_u_alone_longer(tiny_values, tmp_path):
     assert info["D"]["steps"] == 1 and info["U"]["steps"] == 2
     refs = json.loads((tmp_path / "toss" / "refs" / "refs.json").read_text())
     assert refs["settings"]["ref_u_epochs"] == 2.0
+    # Changing U's epochs retrains U only; D is up to date.
+    cfg.ref_u_epochs = 1
+    again = run_train_refs(cfg)
+    assert again["D"] == info["D"] and again["U"]["steps"] == 1

@@ -193,13 +193,16 @@ def train_references(
         "adapters": {},
     }
     previous = json.loads((refs_dir / "refs.json").read_text()) if (refs_dir / "refs.json").is_file() else {}
-    same_setup = all(previous.get(k) == info[k] for k in ("base_fingerprint", "settings", "seed"))
+    same_setup = all(previous.get(k) == info[k] for k in ("base_fingerprint", "seed"))
     for name in ADAPTERS:
         records = corpora[name]
         dataset, stats = build_tokenized_dataset(records, tokenizer, max_length, cache_dir=cache_dir)
         old = previous.get("adapters", {}).get(name, {})
+        # Each adapter is redone only when a setting it depends on changed (ref_u_epochs concerns U alone).
+        own_settings = {k: v for k, v in info["settings"].items() if name == "U" or k != "ref_u_epochs"}
         if (
             same_setup
+            and old.get("settings") == own_settings
             and old.get("data_fingerprint") == stats.fingerprint
             and (refs_dir / name / "adapter_config.json").is_file()
             and old.get("fingerprint") == model_fingerprint(refs_dir / name)
@@ -213,6 +216,7 @@ def train_references(
             model_spec, dataset, args, refs_dir / name, seed=seed, cache_dir=cache_dir, epochs=epochs
         )
         summary.update(
+            settings=own_settings,
             source=args.harmful_ref if name == "D" else args.utility_ref,
             data_fingerprint=stats.fingerprint,
             fingerprint=model_fingerprint(refs_dir / name),
