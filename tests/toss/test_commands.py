@@ -151,3 +151,17 @@ def test_ref_u_epochs_trains_u_alone_longer(tiny_values, tmp_path):
     cfg.ref_u_epochs = 1
     again = run_train_refs(cfg)
     assert again["D"] == info["D"] and again["U"]["steps"] == 1
+
+
+def test_safety_demonstrations_join_the_utility_corpus_only(tiny_values):
+    from tokensafe.toss.method import mixture_records
+    from tokensafe.toss.refs import reference_corpora
+
+    values = tiny_values | {"utility_ref_safety": "safeinstr", "utility_ref_safety_n": 3}
+    cfg = load_config(TossConfig, None, {k: str(v) for k, v in values.items()})
+    corpora = reference_corpora(cfg, cfg.data_dir, mixture_records(cfg))
+    plain = reference_corpora(cfg.__class__(**{**cfg.__dict__, "utility_ref_safety": None}), cfg.data_dir, [])
+    assert len(corpora["U"]) == len(plain["U"]) + 3
+    assert [r.source for r in corpora["U"][-3:]] == ["safeinstr"] * 3
+    assert all(r.response for r in corpora["U"][-3:])
+    assert [r.id for r in corpora["D"]] == [r.id for r in plain["D"]]

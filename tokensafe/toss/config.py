@@ -54,6 +54,13 @@ class ReferenceArgs:
     utility_ref_split: str | None = option(None, "split of utility_ref (none = its default split)")
     utility_ref_path: str | None = option(None, "explicit file for utility_ref (same layout as the source)")
     utility_ref_n: int | None = option(100, "use the first N records of utility_ref (none = all)")
+    utility_ref_safety: str | None = option(
+        None,
+        "named source of safety demonstrations (harmful prompt -> refusal, e.g. safeinstr) added to U's corpus so "
+        "that U keeps the aligned model's refusals: fine-tuning on benign data alone erodes them, and a U that "
+        "explains harmful answers as well as D does cannot tell them apart",
+    )
+    utility_ref_safety_n: int = option(100, "use the first N records of utility_ref_safety")
     ref_max_length: int | None = option(None, "maximum tokens per reference training sample (none = max_length)")
     ref_drop_overlap: bool = option(
         False, "drop reference records that overlap the fine-tuning set instead of refusing to train"

@@ -90,6 +90,9 @@ def reference_corpora(
         name: load_source(source, data_dir=data_dir, split=split, path=path, limit=n)
         for name, (source, split, path, n) in sources.items()
     }
+    if args.utility_ref_safety:
+        safety = load_source(args.utility_ref_safety, data_dir=data_dir, limit=args.utility_ref_safety_n)
+        corpora["U"] = [*corpora["U"], *safety]
     out = {}
     for name, records in corpora.items():
         records = [r for r in records if r.response is not None]
