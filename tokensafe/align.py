@@ -49,9 +49,9 @@ class AlignConfig(LoraArgs, OptimArgs):
     batch_size: int = option(8, "per-device micro-batch size")
     learning_rate: float = option(3e-4, "peak learning rate")
     lr_scheduler: str = option("cosine", "transformers scheduler name")
-    # A few long safe answers (HarmBench, up to max_length) would pad about half of the random batches to ~2-4x the
-    # typical length: batches cut by length (visited in random order) cut the training time by about 40%.
-    group_by_length: bool = option(True, "batch samples of similar length together (less padding)")
+    # Off by default although it trains ~40% faster: batches of one length are batches of one kind of sample
+    # (short refusals, longer self-answers), and the result over-refused more (measured in configs/align/default.yaml).
+    group_by_length: bool = option(False, "batch samples of similar length together (less padding, see above)")
     warmup_ratio: float = option(0.05, "share of steps used for linear warm-up")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)")
