@@ -170,5 +170,8 @@ def test_fast_reference_matches_the_plain_forward_and_falls_back_for_scaled_head
     capped.__class__ = SoftCapped
     slow, first, fast = both(capped)
     assert getattr(capped, _HEAD_OK) is False
+    # Without the restricted head the logits are the capped ones (the shared prefix may still be used, so equal up
+    # to float rounding, which depends on the CPU's kernels for the different matmul shapes).
     for a, c in zip(slow, fast, strict=True):
-        assert torch.equal(a, c)
+        assert torch.allclose(a, c, atol=1e-5)
+        assert a.abs().max() <= 3.0
