@@ -110,9 +110,9 @@ class TokenSafeTrainer(Trainer):
         self._term_logs: dict[str, list[float]] = {}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        dataset = self.train_dataset if train_dataset is None else train_dataset
         if not self.group_by_length:
             return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
         lengths = [len(ids) for ids in dataset["input_ids"]]
         return ShuffledLengthBatches(lengths, self._train_batch_size, seed=self.args.seed)
 

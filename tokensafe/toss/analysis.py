@@ -60,8 +60,8 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
             label: round(roc_auc(s[in_bin], token_harmful[in_bin]), 4)
             for label, in_bin in position_groups(scores.token_index()).items()
         },
-        "mean_score_harmful_tokens": round(float(s[token_harmful].mean()), 4) if token_harmful.any() else None,
-        "mean_score_benign_tokens": round(float(s[~token_harmful].mean()), 4) if (~token_harmful).any() else None,
+        "mean_score_harmful_tokens": _mean(s, token_harmful),
+        "mean_score_benign_tokens": _mean(s, ~token_harmful),
         # Where the separation comes from: which reference moved on which kind of token.
         "mean_loss_u_harmful_tokens": _mean(scores.loss_u, token_harmful),
         "mean_loss_d_harmful_tokens": _mean(scores.loss_d, token_harmful),
@@ -75,16 +75,16 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
         per_sample = np.bincount(scores.sample_ids(), weights=drop, minlength=scores.n_samples)
         fully = has & (per_sample == counts)
         report.update(
-            harmful_tokens_dropped=round(float(drop[token_harmful].mean()), 4) if token_harmful.any() else None,
-            benign_tokens_dropped=round(float(drop[~token_harmful].mean()), 4) if (~token_harmful).any() else None,
-            dropped_that_are_harmful=round(float(token_harmful[drop].mean()), 4) if drop.any() else None,
+            harmful_tokens_dropped=_mean(drop, token_harmful),
+            benign_tokens_dropped=_mean(drop, ~token_harmful),
+            dropped_that_are_harmful=_mean(token_harmful, drop),
             harmful_samples_fully_dropped=f"{int((fully & is_harmful).sum())}/{int((has & is_harmful).sum())}",
             benign_samples_touched=f"{int(((per_sample > 0) & ~is_harmful).sum())}/{int((has & ~is_harmful).sum())}",
         )
         if selection.weights is not None:
             w = selection.weights
             report.update(
-                mean_weight_harmful=round(float(w[token_harmful].mean()), 4) if token_harmful.any() else None,
-                mean_weight_benign=round(float(w[~token_harmful].mean()), 4) if (~token_harmful).any() else None,
+                mean_weight_harmful=_mean(w, token_harmful),
+                mean_weight_benign=_mean(w, ~token_harmful),
             )
     return report

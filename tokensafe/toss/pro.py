@@ -37,9 +37,9 @@ from tokensafe.toss.select import (
     drop_global_top,
     format_stats,
     jaccard,
+    ranked_scores,
     select_with_args,
     selection_stats,
-    smooth_scores,
 )
 from tokensafe.toss.store import TokenScores
 
@@ -78,8 +78,7 @@ def pro_training_mask(scores: TokenScores, rho: float, mode: str, smooth: int, p
     scores smoothed over +-``smooth`` tokens when ``smooth`` > 0), or in threshold mode the flagged set itself."""
     if mode == "threshold":
         return previous
-    ranked = smooth_scores(scores.score, scores.offsets, smooth) if smooth else scores.score
-    return drop_global_top(ranked, rho)
+    return drop_global_top(ranked_scores(scores, smooth), rho)
 
 
 def _digest(*parts: Any) -> str:

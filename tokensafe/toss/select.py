@@ -71,6 +71,11 @@ def smooth_scores(score: np.ndarray, offsets: np.ndarray, half_window: int) -> n
     return ((cumulative[hi] - cumulative[lo]) / (hi - lo)).astype(np.float32)
 
 
+def ranked_scores(scores: TokenScores, smooth: int) -> np.ndarray:
+    """(T,) the scores every mode ranks: smoothed over +-``smooth`` tokens when ``smooth`` > 0, else the raw ones."""
+    return smooth_scores(scores.score, scores.offsets, smooth) if smooth else scores.score
+
+
 def drop_global_top(score: np.ndarray, rho: float) -> np.ndarray:
     """Bool mask of the ``floor(rho * T + 0.5)`` highest scores (ties: lower index first). O(T)."""
     score = _check_scores(score)
@@ -144,7 +149,7 @@ def select_tokens(
         raise ValueError(f"unknown selection mode '{mode}'; choose from {', '.join(SELECTION_MODES)}")
     if mode in ("global", "per_sample") and not 0.0 <= rho <= 1.0:
         raise ValueError(f"toss_rho must be in [0, 1], got {rho}")
-    s = smooth_scores(scores.score, scores.offsets, smooth) if smooth else scores.score
+    s = ranked_scores(scores, smooth)
     extra = {"smooth": smooth} if smooth else {}
     if mode == "global":
         return Selection(mode, drop_global_top(s, rho), params={"rho": rho, **extra}, ranked=s)
