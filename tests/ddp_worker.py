@@ -24,7 +24,7 @@ from tokensafe.baselines.asft import build_asft_loss  # noqa: E402
 from tokensafe.baselines.directions import AlignmentPair  # noqa: E402
 from tokensafe.models import LoraArgs, apply_lora  # noqa: E402
 from tokensafe.testing import real_tokenizer, tiny_llama  # noqa: E402
-from tokensafe.train import OptimArgs, train_model  # noqa: E402
+from tokensafe.train import OptimArgs, finish_distributed, train_model  # noqa: E402
 
 ASFT_LAMBDA = 0.05  # the regulariser's gradient is then of the order of the CE's: both shape the update
 
@@ -72,3 +72,4 @@ def main() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main()
+    finish_distributed()

@@ -306,6 +306,17 @@ class TrainResult:
         }
 
 
+def finish_distributed() -> None:
+    """Under torchrun: wait for every rank, then tear the process group down.
+
+    Exiting with a live gloo process group leaves its worker threads joinable, and the C++ runtime can then abort at
+    interpreter exit ("terminate called without an active exception") after all the work was done and saved.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def run_train(cfg: TrainConfig) -> TrainResult:
     """`tokensafe train`: build the mixture, tokenise (cached), fine-tune, save the final adapter/model."""
     setup_method = resolve_method(cfg.method)
@@ -326,4 +337,5 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     sources = dict(sorted(Counter(setup.dataset["source"]).items())) if "source" in setup.dataset.column_names else {}
     result = TrainResult(cfg.output_dir, str(final_dir), stats, loss_log.history, time.time() - start, sources)
     (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
+    finish_distributed()
     return result

@@ -21,7 +21,7 @@ from tokensafe.pact.layout import post_header_ids  # noqa: E402
 from tokensafe.pact.loss import PactLoss, PactLossConfig  # noqa: E402
 from tokensafe.pact.reference import CachedReference, build_reference_cache  # noqa: E402
 from tokensafe.testing import real_tokenizer, tiny_llama  # noqa: E402
-from tokensafe.train import OptimArgs, train_model  # noqa: E402
+from tokensafe.train import OptimArgs, finish_distributed, train_model  # noqa: E402
 
 
 def main() -> None:
@@ -66,3 +66,4 @@ def main() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main()
+    finish_distributed()

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokensafe.kv_cache import cache_argument, returned_cache
 from tokensafe.toss.store import TokenScores, response_positions, token_digest
 
 
@@ -161,10 +162,10 @@ class AdapterScorer:
         run once, as a single row, and their key/value cache is repeated over the batch."""
         if prefix == 0:
             return self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        cache = self.decoder(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+        cache = returned_cache(self.decoder(input_ids=ids[:1, :prefix], use_cache=True))
         cache.batch_repeat_interleave(ids.size(0))
         return self.decoder(
-            input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, use_cache=True
+            input_ids=ids[:, prefix:], attention_mask=mask, use_cache=True, **cache_argument(self.decoder, cache)
         ).last_hidden_state
 
     @torch.inference_mode()
