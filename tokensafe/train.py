@@ -332,10 +332,12 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         setup.post_train(trainer.model, cfg.output_dir)
     final_dir = Path(cfg.output_dir) / "final"
     trainer.save_model(str(final_dir))  # adapter_model.safetensors for LoRA, model.safetensors for full FT
-    tokenizer.save_pretrained(str(final_dir))
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     sources = dict(sorted(Counter(setup.dataset["source"]).items())) if "source" in setup.dataset.column_names else {}
     result = TrainResult(cfg.output_dir, str(final_dir), stats, loss_log.history, time.time() - start, sources)
-    (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
+    if trainer.is_world_process_zero():  # under torchrun every rank gets here; one writes (save_model already does)
+        tokenizer.save_pretrained(str(final_dir))
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        summary = json.dumps(result.summary(), indent=2)
+        (Path(cfg.output_dir) / "train_summary.json").write_text(summary, encoding="utf-8")
     finish_distributed()
     return result

@@ -61,6 +61,9 @@ def test_pipeline_then_every_step_command(tiny_args, tmp_path, capsys):
     rounds = json.loads((toss / "pro" / "rounds.json").read_text())
     assert [r["round"] for r in rounds["rounds"]] == [0, 1] and rounds["stopped_by"] == "max_rounds"
     assert 0.0 <= rounds["rounds"][1]["jaccard_with_previous"] <= 1.0
+    assert any(fold["samples"] > 0 for fold in rounds["rounds"][1]["folds"])
+    for fold in rounds["rounds"][1]["folds"]:  # every retraining of D logs its loss, however few its steps
+        assert fold["samples"] == 0 or (fold["steps"] >= 1 and fold["first_loss"] > 0 and fold["last_loss"] > 0)
     final = TokenScores.load(toss / "pro" / "scores.safetensors")
     assert final.loss_u.tobytes() == scores.loss_u.tobytes()  # U is never re-scored
     assert (tmp_path / "train" / "final" / "adapter_model.safetensors").is_file()

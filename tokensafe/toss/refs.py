@@ -117,7 +117,7 @@ def reference_optim(args: ReferenceArgs, output_dir: str | os.PathLike, seed: in
         adam_beta1=args.ref_adam_beta1,
         adam_beta2=args.ref_adam_beta2,
         seed=seed,
-        logging_steps=5,
+        logging_steps=1,  # TOSS-Pro retrains D for a handful of steps; every loss goes into the round's summary
         save_steps=0,
     )
 
