@@ -23,7 +23,7 @@ Selection: the global top-rho mask over ``--selection_n`` random scores (10 mill
 ``np.partition`` selection vs a Python sort over (score, sample, position) tuples as in the official code (tuple
 building timed separately), with the masks checked to agree.
 
-    python benchmarks/bench_toss_scoring.py --threads 1          # ~10-15 min on 2 shared CPU cores
+    python benchmarks/bench_toss_scoring.py --threads 1 --data_dir ../shared/data   # ~10-15 min on 2 CPU cores
 
 Prints a table and the ratios; ``--json PATH`` writes all numbers.
 """
