@@ -38,6 +38,8 @@ def test_train_cli_lora_sst2_loss_falls_and_adapter_reloads(tmp_path, data_dir):
     assert len(losses) == 6 and summary["data"]["samples"] == 24
     assert min(losses[-2:]) < losses[0] * 0.5, losses
     assert (out / "final" / "adapter_model.safetensors").is_file()
+    pickled = [p.name for p in (out / "final").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert pickled == []  # the final model directory holds safetensors and text files only
     adapter, _ = load_model(str(out / "final"))
     assert type(adapter).__name__.startswith("PeftModel")
     lora_weights = [p for n, p in adapter.named_parameters() if "lora_B" in n]

@@ -335,6 +335,9 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     sources = dict(sorted(Counter(setup.dataset["source"]).items())) if "source" in setup.dataset.column_names else {}
     result = TrainResult(cfg.output_dir, str(final_dir), stats, loss_log.history, time.time() - start, sources)
     if trainer.is_world_process_zero():  # under torchrun every rank gets here; one writes (save_model already does)
+        # save_model also pickles TrainingArguments; the final model is safetensors + config files only (the
+        # settings are in config.yaml).
+        (final_dir / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(final_dir))
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
         summary = json.dumps(result.summary(), indent=2)
