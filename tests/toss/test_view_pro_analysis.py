@@ -132,3 +132,15 @@ def test_provenance_report_by_position_and_smoothed_auc(evil_case):
     assert report["token_auc_smoothed"] == pytest.approx(brute_auc(selection.ranked, harmful), abs=1e-4)
     assert report["mean_loss_u_harmful_tokens"] == pytest.approx(float(scores.loss_u[harmful].mean()), abs=1e-4)
     assert "token_auc_smoothed" not in provenance_report(harmful_samples, scores, select_tokens(scores))
+
+
+def test_provenance_report_gives_none_where_a_position_bin_lacks_a_class(evil_case):
+    import json
+
+    dataset, scores, _ = evil_case
+    harmful_samples = np.array(dataset["is_harmful"])
+    all_harmful = np.ones_like(harmful_samples)
+    report = provenance_report(all_harmful, scores)  # no benign sample: no AUC anywhere
+    assert report["token_auc"] is None and report["sample_auc_mean_score"] is None
+    assert set(report["token_auc_by_position"].values()) == {None}
+    json.loads(json.dumps(report, allow_nan=False))  # valid strict JSON

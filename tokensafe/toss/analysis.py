@@ -28,6 +28,13 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def _auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """Rounded ROC-AUC, or None where one class is absent (e.g. no benign token past position 4 in SST-2): NaN would
+    make analysis.json invalid JSON."""
+    auc = roc_auc(score, positive)
+    return None if np.isnan(auc) else round(auc, 4)
+
+
 def _mean(values: np.ndarray, mask: np.ndarray) -> float | None:
     return round(float(values[mask].mean()), 4) if mask.any() else None
 
@@ -54,10 +61,10 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
     report: dict[str, Any] = {
         "harmful_tokens": int(token_harmful.sum()),
         "benign_tokens": int((~token_harmful).sum()),
-        "token_auc": round(roc_auc(s, token_harmful), 4),
-        "sample_auc_mean_score": round(roc_auc(mean_score, is_harmful[has]), 4),
+        "token_auc": _auc(s, token_harmful),
+        "sample_auc_mean_score": _auc(mean_score, is_harmful[has]),
         "token_auc_by_position": {
-            label: round(roc_auc(s[in_bin], token_harmful[in_bin]), 4)
+            label: _auc(s[in_bin], token_harmful[in_bin])
             for label, in_bin in position_groups(scores.token_index()).items()
         },
         "mean_score_harmful_tokens": _mean(s, token_harmful),
@@ -69,7 +76,7 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
         "mean_loss_d_benign_tokens": _mean(scores.loss_d, ~token_harmful),
     }
     if selection is not None and selection.params.get("smooth"):
-        report["token_auc_smoothed"] = round(roc_auc(selection.ranked, token_harmful), 4)
+        report["token_auc_smoothed"] = _auc(selection.ranked, token_harmful)
     if selection is not None:
         drop = selection.flagged
         per_sample = np.bincount(scores.sample_ids(), weights=drop, minlength=scores.n_samples)
