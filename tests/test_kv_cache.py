@@ -7,7 +7,7 @@ import inspect
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from tokensafe.kv_cache import cache_argument, returned_cache
+from tokensafe.kv_cache import cache_argument, returned_cache, shared_prefix_cache
 
 
 class NewStyle(torch.nn.Module):
@@ -40,11 +40,14 @@ def test_cache_argument_matches_the_installed_llama(tokenizer):
     decoder = model.get_decoder()
     (name,) = cache_argument(decoder, None)
     assert name in inspect.signature(type(decoder).forward).parameters
-    # The helper's name really carries the cache: a prefix run then the rest equals one full run.
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    # The helper's name really carries the cache: the shared prefix run once, then the rest of each row, equals one
+    # full run of every row.
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 12, 13]])
     full = decoder(input_ids=ids).last_hidden_state
-    prefix = returned_cache(decoder(input_ids=ids[:, :3], use_cache=True))
-    rest = decoder(input_ids=ids[:, 3:], use_cache=True, **cache_argument(decoder, prefix)).last_hidden_state
+    cache = shared_prefix_cache(decoder, ids, 3)
+    assert list(cache) == [name]
+    rest = decoder(input_ids=ids[:, 3:], use_cache=True, **cache).last_hidden_state
+    assert rest.shape == (2, 3, full.size(-1))
     assert torch.allclose(full[:, 3:], rest, atol=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 transformers 5.24 renamed the decoder's ``past_key_values`` argument and output field to ``cache`` (the old name is
 deprecated, to be removed in 5.40). The prefix-sharing code paths (TOSS scoring, PACT reference logits) run a shared
-prompt prefix once and reuse its cache; they go through these two helpers so either naming works.
+prompt prefix once and reuse its cache; both go through :func:`shared_prefix_cache`, so either naming works.
 """
 
 from __future__ import annotations
@@ -41,3 +41,12 @@ def returned_cache(output: Any) -> Any:
     """The key/value cache of a model output (``cache`` in transformers >= 5.24, ``past_key_values`` before)."""
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else output.past_key_values
+
+
+def shared_prefix_cache(module: torch.nn.Module, input_ids: torch.Tensor, prefix: int) -> dict[str, Any]:
+    """Run the first ``prefix`` tokens, which every row of ``input_ids`` (B, L) shares, once as a single row and
+    return the keyword argument that hands their key/value cache, repeated over the B rows, to a call of ``module``
+    on ``input_ids[:, prefix:]``."""
+    cache = returned_cache(module(input_ids=input_ids[:1, :prefix], use_cache=True))
+    cache.batch_repeat_interleave(input_ids.size(0))
+    return cache_argument(module, cache)

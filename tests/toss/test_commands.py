@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -163,7 +164,7 @@ def test_safety_demonstrations_join_the_utility_corpus_only(tiny_values):
     values = tiny_values | {"utility_ref_safety": "safeinstr", "utility_ref_safety_n": 3}
     cfg = load_config(TossConfig, None, {k: str(v) for k, v in values.items()})
     corpora = reference_corpora(cfg, cfg.data_dir, mixture_records(cfg))
-    plain = reference_corpora(cfg.__class__(**{**cfg.__dict__, "utility_ref_safety": None}), cfg.data_dir, [])
+    plain = reference_corpora(dataclasses.replace(cfg, utility_ref_safety=None), cfg.data_dir, [])
     assert len(corpora["U"]) == len(plain["U"]) + 3
     assert [r.source for r in corpora["U"][-3:]] == ["safeinstr"] * 3
     assert all(r.response for r in corpora["U"][-3:])

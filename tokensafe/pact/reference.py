@@ -39,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tokensafe.data.dataset import tokenizer_fingerprint
 from tokensafe.data.tokenize import IGNORE_INDEX
-from tokensafe.kv_cache import cache_argument, returned_cache
+from tokensafe.kv_cache import shared_prefix_cache
 from tokensafe.losses import LossContext
 from tokensafe.pact.layout import AnswerLayout, answer_layout, post_view, restrict
 
@@ -101,14 +101,11 @@ def _logits_at(
     of that key/value cache.
     """
     body = model.get_decoder() if head else model
-    past = None
+    cache: dict[str, Any] = {}
     if prefix:
-        past = returned_cache(body(input_ids=input_ids[:1, :prefix], use_cache=True))
-        past.batch_repeat_interleave(input_ids.size(0))
+        cache = shared_prefix_cache(body, input_ids, prefix)
         input_ids, positions = input_ids[:, prefix:], positions - prefix
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=past is not None)
-    if past is not None:
-        kwargs.update(cache_argument(body, past))
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=bool(cache), **cache)
     if not head:
         return restrict(body(**kwargs).logits, rows, positions, token_ids).float()
     hidden = body(**kwargs).last_hidden_state

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokensafe.kv_cache import cache_argument, returned_cache
+from tokensafe.kv_cache import shared_prefix_cache
 from tokensafe.toss.store import TokenScores, response_positions, token_digest
 
 
@@ -162,11 +162,8 @@ class AdapterScorer:
         run once, as a single row, and their key/value cache is repeated over the batch."""
         if prefix == 0:
             return self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        cache = returned_cache(self.decoder(input_ids=ids[:1, :prefix], use_cache=True))
-        cache.batch_repeat_interleave(ids.size(0))
-        return self.decoder(
-            input_ids=ids[:, prefix:], attention_mask=mask, use_cache=True, **cache_argument(self.decoder, cache)
-        ).last_hidden_state
+        cache = shared_prefix_cache(self.decoder, ids, prefix)
+        return self.decoder(input_ids=ids[:, prefix:], attention_mask=mask, use_cache=True, **cache).last_hidden_state
 
     @torch.inference_mode()
     def batch_losses(
