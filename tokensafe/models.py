@@ -7,7 +7,6 @@ clearing its quantizer first. Everything loads with ``trust_remote_code=False`` 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -20,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tokensafe.config import option
+from tokensafe.digests import digest, file_digest, model_dir_key
 from tokensafe.paths import cache_dir as resolve_cache_dir
 from tokensafe.paths import hub_offline
 
@@ -39,9 +39,9 @@ class LoraArgs:
     """LoRA adapter settings (PEFT)."""
 
     use_lora: bool = option(True, "train a LoRA adapter; false = full fine-tuning")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_r: int = option(16, "LoRA rank", ge=1)
+    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)", gt=0)
+    lora_dropout: float = option(0.0, "LoRA dropout", ge=0, lt=1)
     lora_target_modules: list[str] = option(["q_proj", "v_proj"], "module names that get adapters (comma-separated)")
 
 
@@ -67,9 +67,8 @@ def models_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _gguf_cache_name(gguf: Path) -> str:
-    stat = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    return f"{gguf.stem}-{digest}"
+    # Keyed by content, so the same GGUF file under another path or with a new mtime is converted once.
+    return f"{gguf.stem}-{file_digest(gguf)[:12]}"
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
@@ -203,24 +202,18 @@ def apply_lora(model: PreTrainedModel, args: LoraArgs) -> PreTrainedModel:
 
 
 def model_fingerprint(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
-    """A short stable id of a model's weights: config + size and head/tail bytes of every safetensors file.
+    """The cache key of a model: whole-content digest of its weights, config and tokenizer files (chat template).
 
-    Reading the whole 0.5 GB file would be exact but slow; size plus 1 MiB from both ends changes whenever
-    training changed any weight in practice (header offsets and tail tensors move with content).
+    An adapter directory's key also holds its base model's key (``base_model_name_or_path`` resolved the way
+    :func:`load_model` resolves it), so re-creating the base under the same name is a different model. A hub id
+    that is not available locally is keyed by its name only. See :mod:`tokensafe.digests`.
     """
     path = resolve_model_path(str(spec), cache_dir) if not isinstance(spec, Path) else spec
-    hasher = hashlib.sha256()
     if not isinstance(path, Path):
-        hasher.update(str(path).encode())
-        return hasher.hexdigest()[:16]
-    for name in ("config.json", "adapter_config.json"):
-        if (path / name).is_file():
-            hasher.update((path / name).read_bytes())
-    for weights in sorted(path.glob("*.safetensors")):
-        size = weights.stat().st_size
-        hasher.update(f"{weights.name}:{size}".encode())
-        with open(weights, "rb") as handle:
-            hasher.update(handle.read(1 << 20))
-            handle.seek(max(0, size - (1 << 20)))
-            hasher.update(handle.read(1 << 20))
-    return hasher.hexdigest()[:16]
+        return digest("hub-model", str(path))
+    base_key = None
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        adapter_cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        base_spec = adapter_cfg.get("base_model_name_or_path") or DEFAULT_MODEL
+        base_key = model_fingerprint(str(base_spec), cache_dir)
+    return model_dir_key(path, base_key=base_key, cache_dir=cache_dir)

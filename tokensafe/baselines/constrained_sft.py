@@ -36,9 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokensafe.atomic import atomic_path
 from tokensafe.baselines.config import CsftForm
 from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.losses import LossContext, per_token_nll
+from tokensafe.methods import MethodSetup, register_method
+from tokensafe.modeling import frozen_reference, unwrap
 from tokensafe.pact.layout import answer_layout
 
 REF_COLUMN = "csft_ref_logp"
@@ -146,7 +149,7 @@ def reference_token_logprobs(
     Returns one float32 array per row, as long as its ``input_ids``. Rows run longest first (less padding).
     """
     from tokensafe.collator import TokenCollator
-    from tokensafe.pact.reference import frozen_reference, reference_logits
+    from tokensafe.pact.reference import reference_logits
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     out = [np.zeros(n, dtype=np.float32) for n in lengths]
@@ -196,24 +199,23 @@ def _load_or_compute(directory: Path, lengths: list[int], compute: Any) -> list[
     values = compute()
     directory.mkdir(parents=True, exist_ok=True)
     flat = np.concatenate(values) if values else np.zeros(0, np.float32)
-    tmp = directory / f".ref_logp.tmp-{time.time_ns()}"
-    save_file({"values": flat, "lengths": np.asarray(lengths, dtype=np.int64)}, str(tmp))
-    tmp.replace(file)
+    with atomic_path(file) as tmp:
+        save_file({"values": flat, "lengths": np.asarray(lengths, dtype=np.int64)}, str(tmp))
     return values
 
 
+@register_method("constrained_sft")
 def setup_constrained_sft(cfg: Any, model: Any, tokenizer: Any, dataset: datasets.Dataset):
     """METHODS['constrained_sft']: precompute log π_ref of every labelled token once, then train with the term."""
+    from tokensafe.digests import dataset_tokens_key, digest
     from tokensafe.models import load_model, model_fingerprint
-    from tokensafe.pact.reference import cache_key, tokens_fingerprint, unwrap
     from tokensafe.paths import cache_dir as resolve_cache_dir
-    from tokensafe.train import MethodSetup
 
     schedule = BetaSchedule(cfg.csft_beta_first, cfg.csft_beta_early, cfg.csft_early_until, cfg.csft_beta_late)
     if getattr(cfg, "threads", 0):  # the precompute runs before train_model applies the setting
         torch.set_num_threads(cfg.threads)
     spec = cfg.csft_reference_model or cfg.model
-    key = cache_key(tokens=tokens_fingerprint(dataset, tokenizer), reference=model_fingerprint(spec, cfg.cache_dir))
+    key = digest("csft-reference", dataset_tokens_key(dataset, tokenizer), model_fingerprint(spec, cfg.cache_dir))
     directory = resolve_cache_dir(cfg.cache_dir) / "baselines" / "csft_reference" / key
 
     def compute() -> list[np.ndarray]:

@@ -6,8 +6,6 @@ consumer (scoring, training, evaluation, reference caches) can check that it is 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,9 +18,12 @@ from transformers import PreTrainedTokenizerBase
 from tokensafe.data.errors import DataError
 from tokensafe.data.records import Record
 from tokensafe.data.tokenize import IGNORE_INDEX, tokenize_chat, validate_messages
+from tokensafe.digests import StreamDigest, digest, tokenizer_key
 from tokensafe.paths import cache_dir as resolve_cache_dir
 
-TOKENISATION_VERSION = "1"  # bump when tokenize_chat's output for the same inputs changes
+# Bump when tokenize_chat's output or its validation changes for the same inputs (a cached dataset is served without
+# re-validating). 2: special-token strings in content and out-of-order turns are refused.
+TOKENISATION_VERSION = "2"
 
 
 @dataclass
@@ -44,26 +45,22 @@ class TokenizedStats:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash of what decides token ids: the vocabulary, added tokens and the chat template."""
-    hasher = hashlib.sha256()
-    vocab = tokenizer.get_vocab()
-    hasher.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    hasher.update(str(tokenizer.chat_template or "").encode())
-    hasher.update(str(tokenizer.eos_token).encode())
-    return hasher.hexdigest()[:16]
+    """Key of what decides token ids: vocabulary, added/special tokens, chat template (``digests.tokenizer_key``)."""
+    return tokenizer_key(tokenizer)
 
 
 def records_fingerprint(records: list[Record]) -> str:
-    hasher = hashlib.sha256()
+    stream = StreamDigest("records")
     for record in records:
-        hasher.update(json.dumps([record.id, record.messages], ensure_ascii=False, sort_keys=True).encode())
-        hasher.update(b"\n")
-    return hasher.hexdigest()[:16]
+        # Provenance is stored in the cached dataset too (analysis reads it), so it is part of the key.
+        stream.update_json(record.id, record.messages, record.source, bool(record.is_harmful))
+    return stream.hexdigest()
 
 
 def dataset_fingerprint(records: list[Record], tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
-    parts = [TOKENISATION_VERSION, records_fingerprint(records), tokenizer_fingerprint(tokenizer), str(max_length)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return digest(
+        "tokenized-dataset", TOKENISATION_VERSION, records_fingerprint(records), tokenizer_key(tokenizer), max_length
+    )
 
 
 def tokenize_records(
@@ -75,7 +72,7 @@ def tokenize_records(
     """
     columns: dict[str, list] = {k: [] for k in ("id", "source", "is_harmful", "input_ids", "labels", "truncated")}
     for row, record in enumerate(records):
-        validate_messages(record.messages, file=source_file or record.source, row=row)
+        validate_messages(record.messages, file=source_file or record.source, row=row, tokenizer=tokenizer)
         if record.response is None:
             raise DataError(
                 "the record has no assistant response to train on",

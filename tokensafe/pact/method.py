@@ -11,7 +11,6 @@ no safety tokens and uses a live reference (a vocabulary-sized cache would be hu
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,19 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tokensafe.atomic import write_json, write_jsonl
+from tokensafe.data.dataset import records_fingerprint
+from tokensafe.digests import digest, tokenizer_key
+from tokensafe.methods import MethodSetup, register_method
+from tokensafe.modeling import frozen_reference, unwrap
 from tokensafe.pact.config import LADDER
 from tokensafe.pact.layout import post_header_ids
 from tokensafe.pact.loss import PactLoss, PactLossConfig
 from tokensafe.pact.reference import (
     CachedReference,
     LiveReference,
-    cache_key,
-    frozen_reference,
     load_or_build_reference_cache,
     tokens_fingerprint,
-    unwrap,
 )
 from tokensafe.pact.safety_tokens import (
     SafetyTokens,
@@ -90,11 +91,16 @@ def resolve_safety_tokens(cfg: Any, model: PreTrainedModel, tokenizer: PreTraine
     from tokensafe.models import load_model, model_fingerprint
 
     args = safety_token_args(cfg)
-    key = cache_key(
-        aligned=model_fingerprint(cfg.model, cfg.cache_dir),
-        base=model_fingerprint(cfg.pact_base_model, cfg.cache_dir),
-        args={k: v for k, v in dataclasses.asdict(args).items() if k != "batch_size"},  # batching: same result
-        data_dir=str(cfg.data_dir),
+    records = harmful_prompts(args, cfg.data_dir)
+    key = digest(
+        "safety-tokens",
+        {
+            "aligned": model_fingerprint(cfg.model, cfg.cache_dir),
+            "base": model_fingerprint(cfg.pact_base_model, cfg.cache_dir),
+            "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "batch_size"},  # batching: same result
+            # The prompts themselves, not the directory's name: edited data under the same path is other data.
+            "prompts": records_fingerprint(records),
+        },
     )
     target = resolve_cache_dir(cfg.cache_dir) / "pact" / "safety_tokens" / key
     if (target / "safety_tokens.json").is_file():
@@ -103,24 +109,20 @@ def resolve_safety_tokens(cfg: Any, model: PreTrainedModel, tokenizer: PreTraine
     base, base_tokenizer = load_model(cfg.pact_base_model, cache_dir=cfg.cache_dir)
     if _tokenizer_id(base_tokenizer) != _tokenizer_id(tokenizer):
         raise ValueError(f"--model and pact_base_model '{cfg.pact_base_model}' use different tokenizers")
-    records = harmful_prompts(args, cfg.data_dir)
     with frozen_reference(model, disable_adapter=hasattr(unwrap(model), "disable_adapter")) as aligned:
         tokens, chats = identify_safety_tokens(
             aligned, base, tokenizer, records, args, meta={"aligned": cfg.model, "base": cfg.pact_base_model}
         )
     del base
+    # What S was computed on, written first: safety_tokens.json (written last by save) marks a finished run.
+    write_jsonl(target / "responses.jsonl", [{"response": chat[1]["content"]} for chat in chats])
     tokens.save(target)
-    with open(target / "responses.jsonl", "w", encoding="utf-8") as handle:  # what S was computed on
-        for chat in chats:
-            handle.write(json.dumps({"response": chat[1]["content"]}, ensure_ascii=False) + "\n")
     print(f"pact: safety tokens identified in {tokens.meta['total_seconds']} s -> {target}", flush=True)
     return tokens
 
 
 def _tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:
-    from tokensafe.data.dataset import tokenizer_fingerprint
-
-    return tokenizer_fingerprint(tokenizer)
+    return tokenizer_key(tokenizer)
 
 
 def build_pact_loss(
@@ -156,12 +158,15 @@ def build_pact_loss(
         # Both views are always cached (the no-prompt pass is short), so every ladder stage and every loss constant
         # reuses one cache per (data, reference, S).
         cache_header = post_header_ids(tokenizer, cfg.pact_post_system)
-        key = cache_key(
-            tokens=fingerprint,
-            reference=model_fingerprint(reference_spec, cfg.cache_dir),
-            S=token_ids.tolist(),
-            header=cache_header,
-            dtype=cfg.pact_cache_dtype,
+        key = digest(
+            "pact-reference",
+            {
+                "tokens": fingerprint,
+                "reference": model_fingerprint(reference_spec, cfg.cache_dir),
+                "S": token_ids.tolist(),
+                "header": cache_header,
+                "dtype": cfg.pact_cache_dtype,
+            },
         )
         directory = resolve_cache_dir(cfg.cache_dir) / "pact" / "reference" / key
         reference_model, disable = model, hasattr(unwrap(model), "disable_adapter")
@@ -203,9 +208,9 @@ def build_pact_loss(
     return PactLoss(token_ids, weights, reference, lcfg, name=name), dataset
 
 
+@register_method("pact")
 def setup_pact(cfg: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset):
     """METHODS['pact']: safety tokens, reference (cached by default) and the PACT term."""
-    from tokensafe.train import MethodSetup
 
     cfg = apply_ladder(cfg)
     if getattr(cfg, "threads", 0):  # the precompute runs before train_model applies the setting
@@ -219,9 +224,9 @@ def setup_pact(cfg: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return MethodSetup(model=model, dataset=dataset, loss_terms=[term])
 
 
+@register_method("kl")
 def setup_kl(cfg: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset):
     """METHODS['kl']: CE + λ · T² KL(p_ref ‖ p_θ) over the whole vocabulary (PACT with S = V, w = 1, c = 0)."""
-    from tokensafe.train import MethodSetup
 
     cfg = apply_ladder(cfg, "kl")
     if getattr(cfg, "threads", 0):
@@ -241,4 +246,4 @@ def _write_summary(cfg: Any, tokens: SafetyTokens | None) -> None:
         "reference": cfg.pact_reference,
         "safety_tokens": tokens.fingerprint() if tokens is not None else None,
     }
-    (Path(output_dir) / "pact_setup.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(Path(output_dir) / "pact_setup.json", summary)

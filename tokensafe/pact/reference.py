@@ -19,28 +19,28 @@ Cache layout (one safetensors file plus a JSON sidecar for humans):
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from tokensafe.data.dataset import tokenizer_fingerprint
+from tokensafe.atomic import atomic_path, write_json
 from tokensafe.data.tokenize import IGNORE_INDEX
+from tokensafe.digests import dataset_tokens_key
+from tokensafe.errors import UsageError
+from tokensafe.faults import maybe_kill
 from tokensafe.kv_cache import shared_prefix_cache
 from tokensafe.losses import LossContext
+from tokensafe.modeling import frozen_reference, unwrap
 from tokensafe.pact.layout import AnswerLayout, answer_layout, post_view, restrict
 
 CACHE_FILE = "reference_cache.safetensors"
@@ -48,33 +48,8 @@ META_FILE = "reference_cache.json"
 CACHE_VERSION = "1"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UsageError):
     """A reference cache used with a dataset (or safety-token set) it was not built for."""
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP/FSDP-style wrappers (``.module``)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
-@contextlib.contextmanager
-def frozen_reference(model: torch.nn.Module, disable_adapter: bool = False) -> Iterator[torch.nn.Module]:
-    """``model`` in eval mode (and with its LoRA adapter disabled when asked); the training mode is restored after."""
-    inner = unwrap(model)
-    was_training = inner.training
-    inner.eval()
-    try:
-        if disable_adapter:
-            if not hasattr(inner, "disable_adapter"):
-                raise ValueError("the adapter-disabled reference needs a PEFT (LoRA) model; use a separate model")
-            with inner.disable_adapter():
-                yield inner
-        else:
-            yield inner
-    finally:
-        inner.train(was_training)
 
 
 _HEAD_OK = "_pact_restricted_head_ok"  # per-model flags, set by the one-time checks in _answer_logits
@@ -208,15 +183,8 @@ def answer_counts(dataset: datasets.Dataset) -> list[int]:
 
 
 def tokens_fingerprint(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash of the tokenizer and every row's exact ``input_ids`` and ``labels``: what the cache rows depend on."""
-    hasher = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
-    for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
-        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
-            hasher.update(np.asarray(ids, dtype=np.int64).tobytes())
-            hasher.update(b"|")
-            hasher.update(np.asarray(labels, dtype=np.int64).tobytes())
-            hasher.update(b"\n")
-    return hasher.hexdigest()[:16]
+    """Key of the tokenizer and every row's exact ``input_ids`` and ``labels``: what the cache rows depend on."""
+    return dataset_tokens_key(dataset, tokenizer)
 
 
 @dataclass
@@ -278,9 +246,10 @@ class ReferenceCache:
         }
         if self.post is not None:
             tensors["post"] = self.post.contiguous()
-        save_file(tensors, str(tmp / CACHE_FILE), metadata={"meta": json.dumps(self.meta)})
+        with atomic_path(tmp / CACHE_FILE) as path:  # fsync-ed before the directory is renamed into place
+            save_file(tensors, str(path), metadata={"meta": json.dumps(self.meta)})
         summary = {**self.meta, "rows": self.n_rows, "positions": int(self.full.shape[0]), "bytes": self.nbytes}
-        (tmp / META_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json(tmp / META_FILE, summary)
         if (target / CACHE_FILE).is_file():  # another process finished first: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -365,6 +334,7 @@ def build_reference_cache(
             if time.time() - last_log > log_every:
                 last_log = time.time()
                 print(f"pact reference cache: {first + len(chunk)}/{len(order)} rows", flush=True)
+            maybe_kill("pact.reference_batch")
     meta = {
         "version": CACHE_VERSION,
         "tokens_fingerprint": fingerprint,
@@ -374,11 +344,6 @@ def build_reference_cache(
         **(meta or {}),
     }
     return ReferenceCache(full, post, offsets, token_ids.cpu(), list(header_ids or []), meta)
-
-
-def cache_key(**parts: Any) -> str:
-    """A short id for a cache from everything its content depends on."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_or_build_reference_cache(directory: str | os.PathLike, fingerprint: str, **build: Any) -> ReferenceCache:

@@ -23,7 +23,6 @@ Losses are stored in the sample order of the dataset, flattened as described in 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokensafe.atomic import atomic_path, write_json
+from tokensafe.digests import array_digest, digest
+from tokensafe.faults import maybe_kill
 from tokensafe.kv_cache import shared_prefix_cache
 from tokensafe.toss.store import TokenScores, response_positions, token_digest
 
@@ -50,11 +52,8 @@ class ScoringPlan:
     shard_samples: int
 
     def key(self) -> str:
-        hasher = hashlib.sha256(f"{self.batch_tokens}|{self.shard_samples}".encode())
-        for batch in self.batches:
-            hasher.update(np.asarray(batch, dtype=np.int64).tobytes())
-            hasher.update(b"|")
-        return hasher.hexdigest()[:16]
+        batches = (np.asarray(batch, dtype=np.int64) for batch in self.batches)
+        return array_digest("scoring-plan", self.batch_tokens, self.shard_samples, *batches)
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int, shard_samples: int) -> ScoringPlan:
@@ -217,6 +216,13 @@ def _adapter_key(adapter: str | None) -> str:
     return "base" if adapter is None else adapter
 
 
+def _manifest_key(manifest: Path) -> str | None:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def compute_token_losses(
     scorer: AdapterScorer,
     input_ids: Sequence[Sequence[int]],
@@ -246,16 +252,16 @@ def compute_token_losses(
     lengths = [int(p[-1]) if p.size else 0 for p in positions]
     plan = plan_batches(lengths, batch_tokens, shard_samples)
     names = [_adapter_key(a) for a in adapters]
-    settings = f"{run_key}|{plan.key()}|{','.join(names)}|prefix>={scorer.share_prefix}"
-    key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    key = digest("scoring-run", run_key, plan.key(), names, scorer.share_prefix)
 
     work_dir = Path(work_dir)
     manifest = work_dir / "plan.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") != key:
+    # Shards are trusted only under a readable manifest with this run's key (it is written before any shard).
+    if work_dir.exists() and _manifest_key(manifest) != key:
         log(f"[toss] {work_dir} holds shards of another scoring run: starting over")
         shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"key": key, "shards": len(plan.shards), "samples": len(positions)}))
+    if _manifest_key(manifest) != key:
+        write_json(manifest, {"key": key, "shards": len(plan.shards), "samples": len(positions)})
 
     results = {name: np.zeros(int(offsets[-1]), dtype=np.float32) for name in names}
     done = 0
@@ -274,14 +280,14 @@ def compute_token_losses(
                     pieces[name].append(losses[adapter])
             tensors = {"sample_index": sample_order.astype(np.int64)}
             tensors.update({f"loss.{name}": np.concatenate(pieces[name]) for name in names})
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            save_file(tensors, str(tmp), metadata={"key": key})
-            os.replace(tmp, path)  # a shard exists only once it is complete
+            with atomic_path(path) as tmp:  # a shard exists only once it is complete
+                save_file(tensors, str(tmp), metadata={"key": key})
             done += sample_order.size
             elapsed = time.time() - start_time
             log(f"[toss] shard {k + 1}/{len(plan.shards)}: {done} samples scored in {elapsed:.1f}s")
             if after_shard is not None:
                 after_shard(k)
+            maybe_kill("toss.shard")
         shard_data = load_file(str(path))
         sample_order = shard_data["sample_index"]
         # Scatter the shard's per-sample runs back to dataset order.
@@ -314,7 +320,7 @@ def score_dataset(
     ``<out_path>.shards/`` while the run is in progress and are removed once the scores file is written.
     """
     input_ids, labels = dataset["input_ids"], dataset["labels"]
-    digest = token_digest(input_ids, labels)
+    content = token_digest(input_ids, labels)
     out_path = Path(out_path)
     work_dir = out_path.with_name(out_path.name + ".shards")
     start = time.time()
@@ -325,13 +331,13 @@ def score_dataset(
         adapters=("U", "D"),
         work_dir=work_dir,
         pad_token_id=pad_token_id,
-        run_key=f"{fingerprint}|{digest}|{run_key}",
+        run_key=digest("scores", fingerprint, content, run_key),
         batch_tokens=batch_tokens,
         shard_samples=shard_samples,
         after_shard=after_shard,
     )
     info = {"run_key": run_key, "seconds": round(time.time() - start, 1), **(meta or {})}
-    scores = TokenScores(offsets, positions, losses["U"], losses["D"], fingerprint, digest, info)
+    scores = TokenScores(offsets, positions, losses["U"], losses["D"], fingerprint, content, info)
     scores.save(out_path)
     shutil.rmtree(work_dir, ignore_errors=True)
     return scores

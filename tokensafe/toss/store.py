@@ -20,7 +20,6 @@ so in practice every labelled token is scored, the first response token included
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -31,13 +30,15 @@ from typing import Any
 import numpy as np
 
 from tokensafe.data.tokenize import IGNORE_INDEX
+from tokensafe.digests import token_layout_digest
+from tokensafe.errors import UsageError
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: content digest from tokensafe.digests (keys of format 1 are not comparable)
 SCORES_FILE = "scores.safetensors"
 _META_KEY = "tokensafe_toss"
 
 
-class ScoresMismatchError(ValueError):
+class ScoresMismatchError(UsageError):
     """Scores were computed for another tokenisation (or another dataset) than the one they are used with."""
 
 
@@ -48,15 +49,8 @@ def response_positions(labels: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def token_digest(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]) -> str:
-    """sha256 over every sample's input_ids and labels (as int32 bytes, with lengths): the exact token layout."""
-    hasher = hashlib.sha256()
-    for ids, labs in zip(input_ids, labels, strict=True):
-        ids_arr = np.asarray(ids, dtype=np.int32)
-        labs_arr = np.asarray(labs, dtype=np.int32)
-        hasher.update(np.int64(ids_arr.size).tobytes())
-        hasher.update(ids_arr.tobytes())
-        hasher.update(labs_arr.tobytes())
-    return hasher.hexdigest()[:32]
+    """The exact token layout of the samples (``digests.token_layout_digest``): scores index these positions."""
+    return token_layout_digest(input_ids, labels)
 
 
 def resolve_scores_path(path: str | os.PathLike) -> Path:
@@ -159,9 +153,10 @@ class TokenScores:
             "loss_d": self.loss_d,
             "score": self.score,
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps({**header, "meta": self.meta}, default=str)})
-        os.replace(tmp, path)
+        from tokensafe.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps({**header, "meta": self.meta}, default=str)})
         return path
 
     @classmethod
@@ -175,7 +170,10 @@ class TokenScores:
         with safe_open(str(path), framework="numpy") as handle:
             header = json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
             if header.get("format") != FORMAT_VERSION:
-                raise ScoresMismatchError(f"{path} is not a TOSS scores file of format {FORMAT_VERSION}")
+                raise ScoresMismatchError(
+                    f"{path} is not a TOSS scores file of format {FORMAT_VERSION} (found {header.get('format')!r}): "
+                    "re-run `tokensafe toss-score`"
+                )
             arrays = {name: handle.get_tensor(name) for name in ("offsets", "positions", "loss_u", "loss_d")}
         scores = cls(
             **arrays,
