@@ -44,13 +44,12 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 
 
 def test_bad_value_names_the_field():
-    with pytest.raises(ValueError, match="config field 'n_task'"):
+    with pytest.raises(ValueError, match=r"n_task: expected int \| \{all\}, got 'many'"):
         load_config(TrainConfig, None, {"n_task": "many"})
 
 
 def test_unknown_flag_is_rejected(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--n_tasks", "3"])
+    assert main(["train", "--n_tasks", "3"]) == 2
     assert "unrecognized arguments: --n_tasks" in capsys.readouterr().err
 
 

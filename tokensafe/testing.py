@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from tokensafe.data.records import Record
 from tokensafe.models import bundled_tokenizer_dir, load_tokenizer
 
 
@@ -48,3 +49,31 @@ def save_tiny_model(target: str | os.PathLike, tokenizer: PreTrainedTokenizerBas
     tiny_llama(tokenizer, seed).save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     return target
+
+
+# Replies of very different lengths (1 to ~25 tokens), so batches, shards and padding are exercised.
+MIXED_REPLIES = [
+    "positive",
+    "Sure, here is how to do it: first you take the thing, then you do the other thing, and you are done.",
+    "No.",
+    "The answer is 42 because six times seven is forty-two. #### 42",
+    "I can't help with that request.",
+    "Here is a longer reply with quite a few more words in it so that lengths differ a lot between rows.",
+]
+
+
+def mixed_length_chats(n: int = 10, source: str = "test", harmful_every: int | None = None) -> list[Record]:
+    """``n`` one-turn chats ``<source>/<i>`` of mixed prompt and reply lengths; with ``harmful_every = k`` the rows
+    with ``i % k == 1`` are marked harmful (provenance for analysis tests)."""
+    return [
+        Record(
+            f"{source}/{i}",
+            [
+                {"role": "user", "content": f"Question number {i}: " + "tell me more " * (i % 4)},
+                {"role": "assistant", "content": MIXED_REPLIES[i % len(MIXED_REPLIES)]},
+            ],
+            source,
+            is_harmful=harmful_every is not None and i % harmful_every == 1,
+        )
+        for i in range(n)
+    ]

@@ -138,7 +138,9 @@ def test_errors_name_the_problem(tmp_path, tokenizer, aligned_dir, base_dir, stu
         student.save_pretrained(str(tmp_path / "adapter"))
         AlignmentPair.load(str(tmp_path / "adapter"), str(base_dir))
     with pytest.raises(ValueError, match="must differ"):
-        main(["safelora", "--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "adapter")])
+        main(
+            ["--debug", "safelora", "--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "adapter")]
+        )
     with pytest.raises(ValueError, match="needs --adapter"):
         from tokensafe.baselines.safelora import SafeLoraConfig, run_safelora
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tokensafe.eval.http_client import (
+    CredentialsDroppedWarning,
+    InsecureEndpointWarning,
+    endpoint_key,
+    keeps_credentials,
+)
 from tokensafe.eval.judges import APIJudge, APIJudgeError, VerdictCache, get_template
 
 
@@ -18,7 +25,8 @@ class FakeServer(ThreadingHTTPServer):
 
     A step is a dict: ``status`` (default 200), ``content`` (the assistant text), ``sleep`` (seconds before
     replying), ``headers``, or ``body`` (raw bytes replacing the JSON reply). ``default`` may also be a function of
-    the request JSON. Every request's JSON and headers are recorded in ``requests``.
+    the request JSON. Every request's JSON and headers are recorded in ``requests``. ``{auth}`` in a content or body
+    is replaced by the request's Authorization header (a server that echoes what it was sent).
     """
 
     daemon_threads = True
@@ -44,11 +52,13 @@ class Handler(BaseHTTPRequestHandler):
             self.server.requests.append({"path": self.path, "json": request, "headers": dict(self.headers)})
             step = self.server.script.pop(0) if self.server.script else self.server.default(request)
         time.sleep(step.get("sleep", 0))
+        auth = self.headers.get("Authorization", "")
         body = step.get("body")
         if body is None:
-            body = json.dumps(
-                {"choices": [{"message": {"role": "assistant", "content": step.get("content")}}]}
-            ).encode()
+            content = step.get("content")
+            content = content.replace("{auth}", auth) if isinstance(content, str) else content
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        body = body.replace(b"{auth}", auth.encode())
         try:
             self.send_response(step.get("status", 200))
             for name, value in step.get("headers", {}).items():
@@ -59,6 +69,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
+
+    def do_GET(self) -> None:  # noqa: N802 - recorded so a test sees a POST turned into a GET by a redirect
+        with self.server.lock:
+            self.server.requests.append({"path": self.path, "json": None, "headers": dict(self.headers)})
+        self.send_error(405)
 
     def log_message(self, format: str, *args) -> None:  # keep test output clean
         pass
@@ -191,7 +206,7 @@ def test_failures_are_not_cached_and_torn_lines_are_skipped(server, tmp_path):
     judge = make_judge(server, cache_path=cache)
     assert judge.judge("p", "r").parsed is False
     assert not cache.exists()
-    key = VerdictCache.key("judge-model", "x", "p", "r")
+    key = VerdictCache.key(judge.endpoint, "judge-model", "x", "p", "r")
     cache.write_text(json.dumps({"key": key, "answer": "safe"}) + "\n" + '{"key": "abc", "ans', encoding="utf-8")
     loaded = VerdictCache(cache)
     assert len(loaded) == 1 and loaded.get(key) == "safe"
@@ -210,3 +225,153 @@ def test_judge_many_in_parallel_keeps_order(server):
     verdicts = judge.judge_many(pairs)
     assert [v.harmful for v in verdicts] == [i % 3 == 0 for i in range(12)]
     assert judge.requests_sent == 12
+
+
+# --- security: http:// warning, redirects, endpoint in the cache key, the key written nowhere ----------------------
+
+
+def start_server() -> FakeServer:
+    server = FakeServer()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def other_server() -> Iterator[FakeServer]:
+    server = start_server()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_plain_http_warns_only_for_a_remote_host_and_other_schemes_are_refused():
+    with pytest.warns(InsecureEndpointWarning, match=r"http://judge\.example\.com/v1/chat/completions uses plain"):
+        APIJudge("http://judge.example.com/v1", "m")
+    with pytest.warns(InsecureEndpointWarning) as caught:  # credentials and query never appear in the warning
+        APIJudge("http://user:secret@10.0.0.7:8000/v1?key=secret", "m")
+    assert "secret" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://[::1]:9/v1", "http://127.3.0.1/v1"):
+            APIJudge(url, "m")
+        APIJudge("https://judge.example.com/v1", "m")
+    for url in ("file:///etc/v1", "ftp://judge.example.com/v1", "judge.example.com/v1"):
+        with pytest.raises(ValueError, match="must be http:// or https://"):
+            APIJudge(url, "m")
+
+
+def test_authorization_is_not_forwarded_across_a_redirect_to_another_host(server, other_server, monkeypatch):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-redirect-test")
+    # The second server is another host name and another port: another origin.
+    elsewhere = f"http://localhost:{other_server.server_address[1]}/v1/chat/completions"
+    server.script = [{"status": 307, "headers": {"Location": elsewhere}, "body": b""}]
+    other_server.script = [{"content": "unsafe\nS9"}]
+    judge = make_judge(server, api_key_env="TEST_JUDGE_KEY")
+    with pytest.warns(CredentialsDroppedWarning, match="following without the Authorization header"):
+        verdict = judge.judge("p", "r")
+    assert verdict.harmful is True and verdict.categories == ("S9",)  # the POST and its body reached the target
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-redirect-test"
+    (forwarded,) = other_server.requests
+    assert "Authorization" not in forwarded["headers"] and forwarded["json"] == server.requests[0]["json"]
+    assert judge.requests_sent == 2
+
+
+def test_a_redirect_on_the_same_host_keeps_the_key_and_a_get_redirect_is_an_error(server, other_server, monkeypatch):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-same-host")
+    same = f"http://127.0.0.1:{server.server_address[1]}/v2/chat/completions"
+    server.script = [{"status": 308, "headers": {"Location": same}, "body": b""}, {"content": "safe"}]
+    judge = make_judge(server, api_key_env="TEST_JUDGE_KEY")
+    assert judge.judge("p", "r").harmful is False
+    assert [r["path"] for r in server.requests] == ["/v1/chat/completions", "/v2/chat/completions"]
+    assert all(r["headers"]["Authorization"] == "Bearer sk-same-host" for r in server.requests)
+    # 302 would turn the POST into a body-less GET: refused, and the other host hears nothing.
+    elsewhere = f"http://localhost:{other_server.server_address[1]}/v1/chat/completions"
+    server.script = [{"status": 302, "headers": {"Location": elsewhere}, "body": b""}]
+    with pytest.raises(APIJudgeError, match="HTTP 302 redirect .* only 307/308 keep the POST") as error:
+        judge.judge("p", "other")
+    assert error.value.fatal and other_server.requests == []
+    # A redirect loop ends with an error, not forever.
+    server.default = lambda request: {"status": 307, "headers": {"Location": same}, "body": b""}
+    with pytest.raises(APIJudgeError, match="more than 5 redirects"):
+        judge.judge("p", "third")
+
+
+def test_credentials_policy_of_redirects():
+    assert keeps_credentials("http://h:8000/v1/a", "http://H:8000/v2/b")
+    assert keeps_credentials("http://h/v1", "https://h/v1")  # the upgrade of the same host on default ports
+    assert keeps_credentials("https://h/v1", "https://h:443/x")
+    assert not keeps_credentials("http://h:8000/v1", "http://h:8001/v1")
+    assert not keeps_credentials("https://h/v1", "http://h/v1")  # a downgrade
+    assert not keeps_credentials("https://h/v1", "https://h.evil.com/v1")
+    assert not keeps_credentials("http://127.0.0.1:80/v1", "http://localhost:80/v1")
+
+
+def test_the_endpoint_is_part_of_the_cache_key(server, other_server, tmp_path):
+    cache = tmp_path / "verdicts.jsonl"
+    server.default = lambda request: {"content": "unsafe"}
+    other_server.default = lambda request: {"content": "safe"}
+    first = make_judge(server, cache_path=cache)
+    assert first.judge("p", "r").harmful is True
+    # Same model name, template and pair at another endpoint: asked there, not answered from the first one's cache.
+    second = APIJudge(other_server.base_url, "judge-model", cache_path=cache, backoff=0.01)
+    assert second.judge("p", "r").harmful is False
+    assert len(server.requests) == 1 and len(other_server.requests) == 1
+    # Each endpoint finds its own answer again; a trailing slash or upper-case scheme is the same endpoint.
+    again = APIJudge(server.base_url.replace("http://", "HTTP://") + "/", "judge-model", cache_path=cache)
+    assert again.judge("p", "r").harmful is True and again.requests_sent == 0
+    assert APIJudge(other_server.base_url, "judge-model", cache_path=cache).judge("p", "r").harmful is False
+    assert len(server.requests) == 1 and len(other_server.requests) == 1
+    assert first.cache_key("p", "r") != second.cache_key("p", "r")
+    assert endpoint_key("HTTP://LocalHost/v1/") == endpoint_key("http://localhost:80/v1") == "http://localhost:80/v1"
+
+
+def test_the_key_never_reaches_error_messages_cached_answers_or_repr(server, tmp_path, monkeypatch):
+    key = "sk-ECHOED-5b1e0c"
+    monkeypatch.setenv("TEST_JUDGE_KEY", key)
+    cache = tmp_path / "verdicts.jsonl"
+    judge = make_judge(server, api_key_env="TEST_JUDGE_KEY", cache_path=cache, max_retries=0)
+    # A server that echoes the Authorization header in its answer, its error body and a malformed reply.
+    server.script = [{"content": "unsafe\nS1 ({auth})"}]
+    verdict = judge.judge("p", "r")
+    assert verdict.harmful is True and key not in verdict.raw and "Bearer ***" in verdict.raw
+    server.script = [{"status": 401, "body": b'{"error": "bad key {auth}"}'}]
+    with pytest.raises(APIJudgeError) as error:
+        judge.judge("p", "r2")
+    assert key not in str(error.value) and "bad key Bearer ***" in str(error.value)
+    server.script = [{"body": b'{"choices": [], "echo": "{auth}"}'}]
+    unparsed = judge.judge("p", "r3")
+    assert unparsed.parsed is False and "no choices" in unparsed.reason and key not in unparsed.reason
+    assert key not in repr(judge) and key not in repr(judge.client) and key not in cache.read_text()
+
+
+def test_a_judged_eval_run_writes_the_key_nowhere(server, tiny_model_dir, tmp_path, monkeypatch, capfd, caplog):
+    from tokensafe.eval.run import EvalConfig, evaluate
+
+    key = "sk-DISTINCTIVE-9f4c2a71"
+    monkeypatch.setenv("TEST_JUDGE_KEY", key)
+    server.default = lambda request: {"content": "unsafe\nS1 echo {auth}"}
+    out = tmp_path / "eval"
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        name="tiny",
+        suites=["jbb_harmful:2"],
+        limit=2,
+        subset="first",
+        judge="api",
+        judge_model="judge-model",
+        judge_api_base=server.base_url,
+        judge_api_key_env="TEST_JUDGE_KEY",
+        batch_size=2,
+        max_new_tokens=3,
+        output_dir=str(out),
+        progress=False,
+    )
+    result = evaluate(cfg)
+    assert result.results["suites"]["jbb_harmful"]["n"] == 2 and len(server.requests) == 2
+    assert all(r["headers"]["Authorization"] == f"Bearer {key}" for r in server.requests)  # it was used
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.name == "judge_cache.jsonl" for path in files) and len(files) >= 3
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert key not in captured.out + captured.err + caplog.text

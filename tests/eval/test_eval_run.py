@@ -47,6 +47,8 @@ def test_evaluate_wires_suites_judges_and_files(tiny_model_dir, fake_judge, data
         limit=2,
         subset="first",
         judge="api",
+        judge_model="m",  # the api judge is faked below; the config still needs what a real one needs
+        judge_api_base="http://127.0.0.1:1/v1",
         batch_size=2,
         max_new_tokens=3,
         output_dir=str(tmp_path),
@@ -170,7 +172,8 @@ def test_agreement_mode_of_the_command(tmp_path, monkeypatch, capsys):
     path = tmp_path / "g.jsonl"
     path.write_text("\n".join([json.dumps(header), *rows]) + "\n")
     monkeypatch.setattr(eval_run, "build_judge", lambda kind, *args: FakeJudge() if kind == "api" else KeywordJudge())
-    assert main(["eval", "--agreement", str(path), "--judge", "keyword", "--judge_b", "api"]) == 0
+    api = ["--judge_b_model", "m", "--judge_api_base", "http://127.0.0.1:1/v1"]  # faked, but required by the config
+    assert main(["eval", "--agreement", str(path), "--judge", "keyword", "--judge_b", "api", *api]) == 0
     out = capsys.readouterr().out
     assert "| keyword \\ fake | safe | harmful |" in out and "| safe | 0 | 1 |" in out and "| harmful | 0 | 1 |" in out
 

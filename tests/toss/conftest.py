@@ -8,31 +8,12 @@ import pytest
 
 from tokensafe.data.dataset import tokenize_records
 from tokensafe.data.records import Record
+from tokensafe.testing import mixed_length_chats
 from tokensafe.toss.refs import save_random_adapter
-
-REPLIES = [
-    "positive",
-    "Sure, here is how to do it: first you take the thing, then you do the other thing, and you are done.",
-    "No.",
-    "The answer is 42 because six times seven is forty-two. #### 42",
-    "I can't help with that request.",
-    "Here is a longer reply with quite a few more words in it so that lengths differ a lot between rows.",
-]
 
 
 def make_records(n: int = 10) -> list[Record]:
-    return [
-        Record(
-            f"toss-test/{i}",
-            [
-                {"role": "user", "content": f"Question number {i}: " + "tell me more " * (i % 4)},
-                {"role": "assistant", "content": REPLIES[i % len(REPLIES)]},
-            ],
-            "toss-test",
-            is_harmful=i % 3 == 1,
-        )
-        for i in range(n)
-    ]
+    return mixed_length_chats(n, "toss-test", harmful_every=3)
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_train_refuses_scores_of_another_tokenisation(tiny_values, tmp_path):
     keep = ("model", "data_dir", "cache_dir", "output_dir", "task", "n_task", "harmful", "harmful_share", "max_length")
     train = {k: tiny_values[k] for k in keep} | {"method": "toss", "scores": tmp_path / "foreign.safetensors"}
     with pytest.raises(ScoresMismatchError, match="another-fingerprint"):
-        main(["train", *flags(train)])
+        main(["--debug", "train", *flags(train)])
 
 
 def test_reference_corpus_overlapping_the_fine_tuning_set_is_refused(tiny_values):

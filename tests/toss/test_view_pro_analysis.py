@@ -12,11 +12,20 @@ import pytest
 from tokensafe.data.dataset import tokenize_records
 from tokensafe.data.records import Record
 from tokensafe.data.tokenize import IGNORE_INDEX
-from tokensafe.report.token_view import build_views, render_html, render_terminal, token_pieces, write_token_view
+from tokensafe.display import visible
 from tokensafe.toss.analysis import provenance_report, roc_auc
 from tokensafe.toss.pro import flagged_training_set
 from tokensafe.toss.select import select_tokens
 from tokensafe.toss.store import TokenScores, response_positions
+from tokensafe.toss.view import (
+    SampleView,
+    TokenView,
+    build_views,
+    render_html,
+    render_terminal,
+    token_pieces,
+    write_token_view,
+)
 
 EVIL = "<script>alert('x')</script> & \x1b[31mred\x1b[0m \"quoted\" café"
 
@@ -51,7 +60,7 @@ def test_html_escapes_every_text_and_strikes_dropped_tokens(evil_case, tokenizer
     response = response[response.index("<div class='response'>") :]
     response = response[: response.index("&lt;|im_end|&gt;")]
     shown = html.unescape(re.sub(r"<[^>]+>", "", response))
-    assert shown == EVIL.replace("\x1b", "\\x1b") and "\x1b" not in page
+    assert shown == EVIL.replace("\x1b", "\u27e8U+001B\u27e9") and "\x1b" not in page
     assert page.count("class='t drop'") == int(selection.drop.sum())
     assert "café" in page  # multi-byte characters survive per-token decoding
 
@@ -67,7 +76,7 @@ def test_terminal_view_colours_strikes_and_neutralises_escapes(evil_case, tokeni
     (view,) = build_views(dataset, scores, selection, tokenizer, [0])
     text = render_terminal(view, scale=2.0)
     assert "\x1b[9m" in text  # strike-through on dropped tokens
-    assert "\x1b[31m" not in text and "\\x1b" in text  # the sample's own escape codes are shown, not run
+    assert "\x1b[31m" not in text and "\u27e8U+001B\u27e9" in text  # the sample's own escapes are shown, not run
     plain = render_terminal(view, scale=2.0, color=False)
     assert "\x1b" not in plain and "[" in plain
 
@@ -144,3 +153,73 @@ def test_provenance_report_gives_none_where_a_position_bin_lacks_a_class(evil_ca
     assert report["token_auc"] is None and report["sample_auc_mean_score"] is None
     assert set(report["token_auc_by_position"].values()) == {None}
     json.loads(json.dumps(report, allow_nan=False))  # valid strict JSON
+
+
+# Every character the views must neutralise, with markup that would run script or add an attribute if it got through.
+HOSTILE_CHARS = (
+    [chr(c) for c in range(0x20) if chr(c) not in "\n\t"]
+    + [chr(c) for c in range(0x7F, 0xA0)]
+    + ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f"]
+)
+HOSTILE = (
+    "<script>alert(1)</script><img src=x onerror=alert(2)>\"' onmouseover='alert(3)' "
+    + "".join(f"[{c}]" for c in HOSTILE_CHARS)
+    + " nice \u202eelif.exe\u202c\n\tdone"
+)
+PAGE_TAGS = {"!doctype", "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "table", "tr", "th", "td"}
+PAGE_TAGS |= {"div", "details", "summary", "span"}
+
+
+def assert_neutralised(page: str, chars: list[str]) -> None:
+    assert "<script" not in page.lower()
+    # Every tag is one the writer emits, and no tag carries an event-handler attribute.
+    tags = {tag.lstrip("/") for tag in re.findall(r"<([!/]?[a-zA-Z][a-zA-Z0-9]*)", page)}
+    assert tags <= PAGE_TAGS, tags - PAGE_TAGS
+    assert not re.search(r"<[^>]*\son\w+\s*=", page)
+    for char in chars:  # never raw; shown as its marker
+        assert char not in page, repr(char)
+        assert f"\u27e8U+{ord(char):04X}\u27e9" in page, repr(char)
+
+
+def test_html_view_neutralises_markup_attributes_bidi_and_control_characters_in_every_field():
+    pieces = [HOSTILE[i : i + 7] for i in range(0, len(HOSTILE), 7)]
+    tokens = [TokenView(piece, 0.5 - (i % 3) * 0.5, 1.0, 0.5, i % 2 == 0) for i, piece in enumerate(pieces)]
+    view = SampleView(0, "id\u202e<script>", HOSTILE, tokens, tail=HOSTILE, provenance="src\u2066<b onerror=x>")
+    page = render_html([view], scale=1.0, title="t\u202e<script>", summary={"note\u202e": "<img onerror=1>"})
+    assert_neutralised(page, HOSTILE_CHARS)
+    # The response, tags dropped and unescaped, reads as the original with markers in place of the characters.
+    response = page[page.index("<div class='response'>") :]
+    response = response[: response.index("<span class='context'>")]
+    shown = html.unescape(re.sub(r"<[^>]+>", "", response))
+    assert shown == visible(HOSTILE)
+    assert shown.endswith(" nice \u27e8U+202E\u27e9elif.exe\u27e8U+202C\u27e9\n\tdone")  # newline and tab kept
+    assert "<span class='cc' title='RIGHT-TO-LEFT OVERRIDE'>\u27e8U+202E\u27e9</span>" in page
+    # The terminal rendering shows the same markers and no raw bidi or control character (its own colours aside).
+    for text in (render_terminal(view, scale=1.0, color=False), render_terminal(view, scale=1.0)):
+        own_codes_removed = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        assert not any(char in own_codes_removed for char in HOSTILE_CHARS)
+        assert text.startswith("#0 id\u27e8U+202E\u27e9<script> (src\u27e8U+2066\u27e9<b onerror=x>)")
+
+
+def test_token_view_page_from_a_hostile_dataset(tokenizer, tmp_path):
+    chat = [{"role": "user", "content": "q " + HOSTILE}, {"role": "assistant", "content": HOSTILE}]
+    benign = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    records = [Record("id\u202e<script>", chat, "src\u2066<b onerror=x>", True), Record("ok", benign, "o")]
+    dataset = tokenize_records(records, tokenizer, max_length=1024)
+    positions = [response_positions(labels) for labels in dataset["labels"]]
+    offsets = np.concatenate([[0], np.cumsum([p.size for p in positions])])
+    score = np.linspace(-1, 1, int(offsets[-1])).astype(np.float32)
+    scores = TokenScores(offsets, np.concatenate(positions), score, np.zeros_like(score), "fp", "digest")
+    selection = select_tokens(scores, "global", rho=0.3)
+    page = write_token_view(tmp_path / "v.html", dataset, scores, selection, tokenizer, n_samples=2).read_text("utf-8")
+    # The tokenizer itself drops a few C0 characters (\x04, \x06, ...); every character it keeps is neutralised.
+    span = positions[0]
+    decoded = tokenizer.decode(dataset[0]["input_ids"][span[0] : span[-1] + 1]).removesuffix("<|im_end|>")
+    kept = [char for char in HOSTILE_CHARS if char in decoded]
+    assert len(kept) > len(HOSTILE_CHARS) - 8 and "\u202e" in kept and "\x1b" in kept
+    assert_neutralised(page, kept)
+    (sample,) = [part for part in page.split("<div class='sample'>") if "#0 &middot; id<span class='cc'" in part]
+    response = sample[sample.index("<div class='response'>") :]
+    response = response[: response.index("&lt;|im_end|&gt;")]
+    # \u25af marks a token that ends inside a multi-byte character (the next token carries the character).
+    assert html.unescape(re.sub(r"<[^>]+>", "", response)).replace("\u25af", "") == visible(decoded)

@@ -23,6 +23,7 @@ import torch
 
 from tokensafe.baselines.directions import AlignmentPair, LoraFactors, frobenius_inner, model_lora_factors, project
 from tokensafe.losses import LossContext
+from tokensafe.methods import MethodSetup, register_method
 
 
 @dataclass
@@ -76,9 +77,9 @@ def build_asft_loss(model: torch.nn.Module, pair: AlignmentPair, lam: float) -> 
     return AsftLoss(layers, lam)
 
 
+@register_method("asft")
 def setup_asft(cfg: Any, model: Any, tokenizer: Any, dataset: Any):
     """METHODS['asft']: CE + λ Σ_layers ‖(I − Ĉ) ΔW‖²_F with Ĉ from ``safety_aligned_model − safety_base_model``."""
-    from tokensafe.train import MethodSetup
 
     pair = AlignmentPair.load(cfg.safety_aligned_model, cfg.safety_base_model, cfg.cache_dir)
     return MethodSetup(model=model, dataset=dataset, loss_terms=[build_asft_loss(model, pair, cfg.asft_lambda)])

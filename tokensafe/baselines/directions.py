@@ -20,10 +20,13 @@ from pathlib import Path
 
 import torch
 
+from tokensafe.errors import UsageError
+from tokensafe.modeling import unwrap
+
 PEFT_PREFIX = "base_model.model."
 
 
-class AdapterError(ValueError):
+class AdapterError(UsageError):
     """A model or adapter without the LoRA layers a method needs, or weights that do not match them."""
 
 
@@ -140,8 +143,6 @@ def _natural(key: str) -> list:
 def lora_modules(model: torch.nn.Module, adapter: str = "default") -> Iterator[tuple[str, torch.nn.Module]]:
     """(name, module) of every PEFT LoRA layer of ``model`` that carries ``adapter``; an error when there is none."""
     from peft.tuners.lora import LoraLayer
-
-    from tokensafe.pact.reference import unwrap
 
     found = False
     for name, module in unwrap(model).named_modules():

@@ -12,10 +12,12 @@ from typing import Any
 
 import datasets
 
+from tokensafe.methods import MethodSetup, register_method
 
+
+@register_method("safeinstr")
 def setup_safeinstr(cfg: Any, model: Any, tokenizer: Any, dataset: datasets.Dataset):
     """METHODS['safeinstr']: SFT on a mixture that holds ``safeinstr_n`` safety demonstrations."""
-    from tokensafe.train import MethodSetup
 
     if cfg.safeinstr_n <= 0:
         raise ValueError(

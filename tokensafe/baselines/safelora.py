@@ -19,7 +19,6 @@ Usable two ways: ``tokensafe safelora --adapter DIR`` on a saved adapter (writes
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from tokensafe.atomic import atomic_path, write_json
 from tokensafe.baselines.config import SAFELORA_SELECT, SafeLoraArgs
 from tokensafe.baselines.directions import (
     AlignmentPair,
@@ -37,7 +37,9 @@ from tokensafe.baselines.directions import (
     model_lora_factors,
     project,
 )
-from tokensafe.config import option, save_config
+from tokensafe.config import check_model_spec, option, require, save_config
+from tokensafe.errors import UsageError
+from tokensafe.methods import MethodSetup, register_method
 
 REPORT_FILE = "safelora_report.json"
 
@@ -138,17 +140,17 @@ def post_train_safelora(args: SafeLoraArgs, cache_dir: str | None = None):
     def post_train(model: torch.nn.Module, output_dir: str) -> torch.nn.Module:
         result = project_model(model, args, cache_dir)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / REPORT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_json(Path(output_dir) / REPORT_FILE, result)
         print(f"safelora: projected {result['n_projected']}/{result['n_layers']} LoRA layers", flush=True)
         return model
 
     return post_train
 
 
+@register_method("safelora")
 def setup_safelora(cfg: Any, model: Any, tokenizer: Any, dataset: Any):
     """METHODS['safelora']: plain SFT, then the SafeLoRA projection of the trained adapter before it is saved."""
     from tokensafe.baselines.directions import lora_modules
-    from tokensafe.train import MethodSetup
 
     next(lora_modules(model))  # fail before training, not after it, when there is no adapter to project
     AlignmentPair.load(cfg.safety_aligned_model, cfg.safety_base_model, cfg.cache_dir)  # and when a model is missing
@@ -165,6 +167,31 @@ class SafeLoraConfig(SafeLoraArgs):
     adapter: str = option("", "directory of the trained LoRA adapter (e.g. runs/train/final)")
     output_dir: str | None = option(None, "where the projected adapter goes (none = <adapter>_safelora)")
     cache_dir: str | None = option(None, "cache root for converted models")
+
+    def _check(self) -> None:
+        require(
+            bool(self.adapter),
+            "tokensafe safelora needs --adapter DIR (a trained LoRA adapter)",
+            field="adapter",
+            hint="pass the final adapter of a LoRA run, e.g. --adapter runs/train/final",
+        )
+
+    def _check_inputs(self) -> None:
+        source = Path(self.adapter)
+        if not (source / "adapter_config.json").is_file():
+            raise UsageError(
+                f"adapter: {self.adapter!r} is not a LoRA adapter directory (no adapter_config.json)",
+                field="adapter",
+                hint="pass the final adapter of a LoRA run (use_lora: true), e.g. runs/train/final",
+            )
+        if self.output_dir is not None:
+            require(
+                Path(self.output_dir).resolve() != source.resolve(),
+                "--output_dir must differ from --adapter (the original adapter is kept)",
+                field="output_dir",
+            )
+        check_model_spec(self.safety_aligned_model, "safety_aligned_model", self.cache_dir)
+        check_model_spec(self.safety_base_model, "safety_base_model", self.cache_dir)
 
 
 def run_safelora(cfg: SafeLoraConfig) -> dict[str, Any]:
@@ -188,9 +215,10 @@ def run_safelora(cfg: SafeLoraConfig) -> dict[str, Any]:
     for file in source.iterdir():  # adapter config, tokenizer files, chat template: everything but the weights
         if file.is_file() and file.name not in ("adapter_model.safetensors", REPORT_FILE):
             shutil.copy2(file, target / file.name)
-    save_file(state, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+    with atomic_path(target / "adapter_model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     result = report(layers, adapter=str(source), output_dir=str(target), **_meta(cfg))
-    (target / REPORT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_json(target / REPORT_FILE, result)
     save_config(cfg, target / "safelora_config.yaml")
     lowest = sorted(result["layers"], key=lambda row: row["cosine"])[:5]
     print("lowest cosines: " + ", ".join(f"{row['module']}={row['cosine']:.3f}" for row in lowest), flush=True)

@@ -12,13 +12,14 @@ choice) is written to ``<output_dir>/sample_selection.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from tokensafe.atomic import write_json
+from tokensafe.methods import MethodSetup, register_method
 from tokensafe.toss.store import TokenScores
 
 
@@ -69,24 +70,24 @@ def drop_samples(
             "dropped_ids": [ids[i] for i in sorted(gone)],
         }
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "sample_selection.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        write_json(Path(output_dir) / "sample_selection.json", record)
     print(f"{what}: dropped {len(gone)} of {len(dataset)} samples", flush=True)
     return dataset.select(kept)
 
 
+@register_method("sample_random")
 def setup_sample_random(cfg: Any, model: Any, tokenizer: Any, dataset: datasets.Dataset):
     """METHODS['sample_random']: SFT on the samples left after dropping a share ``sample_rho`` at random."""
-    from tokensafe.train import MethodSetup
 
     dropped = random_drop(len(dataset), cfg.sample_rho, cfg.seed)
     return MethodSetup(model=model, dataset=drop_samples(dataset, dropped, "sample_random", cfg.output_dir))
 
 
+@register_method("sample_score")
 def setup_sample_score(cfg: Any, model: Any, tokenizer: Any, dataset: datasets.Dataset):
     """METHODS['sample_score']: SFT without the share ``sample_rho`` of samples with the highest mean TOSS score."""
     from tokensafe.data.dataset import dataset_fingerprint
     from tokensafe.toss.method import mixture_records
-    from tokensafe.train import MethodSetup
 
     if not cfg.scores:
         raise ValueError(

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from os import PathLike
 
+from tokensafe.errors import UsageError
 
-class DataError(ValueError):
-    """Bad input data. The message names the file, the row (0-based, as read) and the field when known."""
+
+class DataError(UsageError):
+    """Bad input data. The message names the file, the row (0-based, as read) and the field when known.
+
+    ``str()`` keeps the data layer's own form (``file F, row N, field 'f': message``); the CLI prints
+    :meth:`~tokensafe.errors.UsageError.one_line` like every other expected error.
+    """
 
     def __init__(
         self,
@@ -15,15 +21,16 @@ class DataError(ValueError):
         file: str | PathLike | None = None,
         row: int | None = None,
         field: str | None = None,
+        hint: str | None = None,
     ) -> None:
-        self.file = str(file) if file is not None else None
-        self.row = row
-        self.field = field
+        super().__init__(message, file=file, row=row, field=field, hint=hint)
+
+    def __str__(self) -> str:
         where = []
         if self.file is not None:
             where.append(f"file {self.file}")
-        if row is not None:
-            where.append(f"row {row}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.message}" if where else self.message

@@ -9,29 +9,49 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
-from tokensafe.config import option
+from tokensafe.config import Checked, check_data_dir, check_exists, check_source, option, require
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 
 
 @dataclass
-class MixtureArgs:
+class MixtureArgs(Checked):
     """What to fine-tune on: a task source, optionally poisoned with a harmful source."""
 
     data_dir: str | None = option(None, "local dataset directory (else $TOKENSAFE_DATA_DIR, else the hub)")
     task: str = option("sst2", "named task source (sst2, agnews, gsm8k, alpaca, dolly, ...)")
     task_split: str | None = option("train", "split of the task source")
     task_path: str | None = option(None, "explicit file for the task source (overrides the data dir)")
-    n_task: int = option(200, "number of task samples")
+    n_task: int | Literal["all"] = option(
+        200, "number of task samples, or all (every record of the task source)", ge=1
+    )
     harmful: str | None = option(None, "named harmful source mixed in (advbench, beavertails, pure_bad); none = clean")
     harmful_split: str | None = option(None, "split of the harmful source")
-    harmful_share: float = option(0.0, "share p of harmful samples in the mixture (0 <= p < 1)")
+    harmful_share: float = option(0.0, "share p of harmful samples in the mixture (0 <= p < 1)", ge=0, lt=1)
     safeinstr_n: int = option(
-        0, "SafeInstr: add this many safety demonstrations (harmful prompt -> refusal) to the mixture; any method"
+        0,
+        "SafeInstr: add this many safety demonstrations (harmful prompt -> refusal) to the mixture; any method",
+        ge=0,
     )
     safeinstr_source: str = option("safeinstr", "named source of safety demonstrations (safeinstr, safe_behaviors)")
     seed: int = option(0, "seed for sampling and shuffling")
+
+    def _check(self) -> None:
+        require(
+            self.harmful_share == 0 or self.harmful is not None,
+            f"harmful_share {self.harmful_share} needs a harmful source, but harmful is none",
+            field="harmful_share",
+            hint="pass --harmful (e.g. beavertails, advbench, pure_bad), or drop --harmful_share for a clean mixture",
+        )
+        check_source(self.task, "task", self.task_split, "task_split")
+        check_source(self.harmful, "harmful", self.harmful_split, "harmful_split")
+        check_source(self.safeinstr_source, "safeinstr_source")
+
+    def _check_inputs(self) -> None:
+        check_data_dir(self.data_dir)
+        check_exists(self.task_path, "task_path", "task file")
 
 
 def harmful_count(n_task: int, share: float) -> int:
@@ -55,8 +75,9 @@ def build_mixture(args: MixtureArgs) -> list[Record]:
         for r in load_source(args.task, data_dir=args.data_dir, split=args.task_split, path=args.task_path)
         if r.response is not None
     ]
-    mixture = sample_records(task, args.n_task, rng, f"'{args.task}'")
-    n_harmful = harmful_count(args.n_task, args.harmful_share) if args.harmful else 0
+    n_task = len(task) if args.n_task == "all" else args.n_task
+    mixture = sample_records(task, n_task, rng, f"'{args.task}'")  # "all": every record, in seeded random order
+    n_harmful = harmful_count(n_task, args.harmful_share) if args.harmful else 0
     if n_harmful:
         harmful = [
             r

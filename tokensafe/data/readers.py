@@ -62,7 +62,8 @@ def read_rows(
 
     Raises:
         DataError: missing file, unknown format, bytes that are not UTF-8 (naming the line and row), a JSONL line
-            that is not valid JSON or not an object, a JSON element that is not an object, ragged CSV rows.
+            that is not valid JSON or not an object, a JSON element that is not an object, JSON nested too deeply
+            for the parser, ragged CSV rows, a CSV/TSV header that names a column twice.
     """
     path = Path(path)
     fmt = _format_of(path, fmt)
@@ -149,10 +150,13 @@ def _decode(data: bytes, path: Path, row_of: Callable[[str], int | None] | None)
 
 def _csv_row_of(prefix: str, fmt: str, header: bool) -> int | None:
     """0-based data row containing the first byte after ``prefix`` (quoted fields may span lines)."""
-    records = list(csv.reader(io.StringIO(prefix), **_dialect(fmt)))
+    try:  # read the prefix as _read_delimited reads the file (newline=""), so rows are counted the same way
+        records = list(csv.reader(io.StringIO(prefix, newline=""), **_dialect(fmt)))
+    except csv.Error:  # the text before the bad byte is itself malformed: name the line only
+        return None
     records = [r for r in records if r]
     # The text after the prefix continues the last record unless the prefix ends at a line break.
-    index = len(records) if prefix == "" or prefix.endswith("\n") else len(records) - 1
+    index = len(records) if prefix == "" or prefix.endswith(("\n", "\r")) else len(records) - 1
     index -= 1 if header else 0
     return index if index >= 0 else None
 
@@ -177,6 +181,9 @@ def _read_delimited(
         records = records[1:]
     else:
         names = list(column_names or [])
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:  # a dict row would silently keep only the last column of each name
+        raise DataError(f"duplicate column names: {', '.join(map(repr, duplicates))}", file=path)
     rows: list[Row] = []
     for index, record in enumerate(records):
         if len(record) != len(names):
@@ -202,6 +209,8 @@ def _read_jsonl(text: str, path: Path) -> list[Row]:
             raise DataError(
                 f"line {index + 1} is not valid JSON: {err.msg} (column {err.colno})", file=path, row=index
             ) from err
+        except RecursionError as err:  # json's decoder recurses once per nesting level
+            raise DataError(f"line {index + 1} is nested too deeply to be read", file=path, row=index) from err
         if not isinstance(value, dict):
             raise DataError(
                 f"line {index + 1} is a JSON {_json_type(value)}, expected an object", file=path, row=index
@@ -218,6 +227,8 @@ def _read_json(text: str, path: Path) -> list[Row]:
             # Many '.json' dataset files are JSON Lines; read them as such rather than failing.
             return _read_jsonl(text, path)
         raise DataError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}", file=path) from err
+    except RecursionError as err:  # json's decoder recurses once per nesting level
+        raise DataError("JSON nested too deeply to be read", file=path) from err
     if isinstance(value, list):
         for index, element in enumerate(value):
             if not isinstance(element, dict):

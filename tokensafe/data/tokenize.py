@@ -8,12 +8,21 @@ labelled — the official TOSS code loses it to an off-by-one.
 Assistant spans are found by rendering prefixes of the chat: for assistant turn k, ``render(messages[:k],
 add_generation_prompt=True)`` ends exactly where the response starts, and ``render(messages[:k+1])`` contains the
 response followed by the end-of-turn token. Spans are character ranges mapped to tokens through offset mappings,
-so no template-specific marker strings are hard-coded.
+so no template-specific marker strings are hard-coded. A token is labelled when it *starts* inside a span: when a
+response begins with whitespace that the tokenizer merges with the template's header newline (``"\n "`` for a
+response starting with a space), that one token belongs to the prompt and the merged whitespace is not labelled.
+
+Message content must not contain the tokenizer's special-token strings (``<|im_end|>``, ``<|im_start|>``, ...).
+The tokenizer encodes such text as the control token itself, so a user turn could forge a whole assistant turn
+and an assistant turn would teach the model to end its answer early. The template's own markers must stay special,
+so the text cannot simply be tokenised with ``split_special_tokens``; such content is refused with a DataError.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
@@ -78,7 +87,12 @@ def tokenize_chat(
     messages: list[Message],
     max_length: int | None = None,
 ) -> TokenizedChat:
-    """Tokenise one chat with assistant-only labels, truncating from the right to ``max_length`` tokens."""
+    """Tokenise one chat with assistant-only labels, truncating from the right to ``max_length`` tokens.
+
+    Raises:
+        DataError: a message's content holds a special-token string of the tokenizer (see the module docstring).
+    """
+    check_special_tokens(tokenizer, messages)
     text, char_spans = assistant_char_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = list(encoded["input_ids"])
@@ -101,20 +115,86 @@ def tokenize_chat(
     return TokenizedChat(input_ids=input_ids, labels=labels, truncated=truncated, response_spans=token_spans)
 
 
-def validate_messages(messages: object, *, file: str | None = None, row: int | None = None) -> list[Message]:
-    """Check a chat's structure; raise DataError naming file, row and field on the first problem."""
+@lru_cache(maxsize=16)
+def _special_pattern(specials: tuple[str, ...]) -> re.Pattern[str] | None:
+    # Longest first, so the error names '<|im_end|>' rather than a shorter special token it contains.
+    ordered = sorted(specials, key=len, reverse=True)
+    return re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+
+
+def special_token_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """Every string the tokenizer encodes as a special (control) token: named special tokens and special added ones."""
+    specials = set(tokenizer.all_special_tokens)
+    specials.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    return tuple(sorted(s for s in specials if s))
+
+
+def check_special_tokens(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], *, file: str | None = None, row: int | None = None
+) -> None:
+    """Refuse content that holds a special-token string: it would be encoded as the control token itself."""
+    pattern = _special_pattern(special_token_strings(tokenizer))
+    if pattern is None:
+        return
+    for k, message in enumerate(messages):
+        found = pattern.search(message["content"])
+        if found:
+            raise DataError(
+                f"content contains {found.group()!r}, a special token of the tokenizer; as text it would be encoded "
+                "as that control token (a forged chat-template marker or an early end of turn)",
+                file=file,
+                row=row,
+                field=f"messages[{k}].content",
+                hint="remove the string from the data or break it up (e.g. with a space after '<')",
+            )
+
+
+def validate_messages(
+    messages: object,
+    *,
+    file: str | None = None,
+    row: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> list[Message]:
+    """Check a chat's structure; raise DataError naming file, row and field on the first problem.
+
+    A chat is an optional first system message, then user and assistant turns alternating from a user turn (the
+    structure :class:`~tokensafe.data.records.Record` documents; many chat templates refuse anything else). With
+    ``tokenizer``, content holding one of its special-token strings is refused too (:func:`check_special_tokens`).
+    """
     if not isinstance(messages, list) or not messages:
         raise DataError("expected a non-empty list of chat messages", file=file, row=row, field="messages")
+    expected = "user"
     for k, message in enumerate(messages):
         where = f"messages[{k}]"
         if not isinstance(message, dict):
             raise DataError(
                 f"a message must be an object, got {type(message).__name__}", file=file, row=row, field=where
             )
-        if message.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f"unknown role {message.get('role')!r}", file=file, row=row, field=f"{where}.role")
+        role = message.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise DataError(f"unknown role {role!r}", file=file, row=row, field=f"{where}.role")
         if not isinstance(message.get("content"), str):
             raise DataError("content must be a string", file=file, row=row, field=f"{where}.content")
-        if message["role"] == "assistant" and not message["content"].strip():
+        if role == "assistant" and not message["content"].strip():
             raise DataError("empty assistant response", file=file, row=row, field=f"{where}.content")
+        if role == "system":
+            if k != 0:
+                raise DataError(
+                    "a system message may only be the first message", file=file, row=row, field=f"{where}.role"
+                )
+            continue
+        if role != expected:
+            raise DataError(
+                f"expected a {expected} turn, got {role}: user and assistant turns alternate, starting with a user "
+                "turn (after an optional system message)",
+                file=file,
+                row=row,
+                field=f"{where}.role",
+            )
+        expected = "assistant" if role == "user" else "user"
+    if len(messages) == 1 and messages[0]["role"] == "system":
+        raise DataError("a chat needs a user turn after its system message", file=file, row=row, field="messages")
+    if tokenizer is not None:
+        check_special_tokens(tokenizer, messages, file=file, row=row)  # type: ignore[arg-type]
     return messages  # type: ignore[return-value]

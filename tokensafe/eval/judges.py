@@ -6,7 +6,9 @@ Every judge has one interface, ``judge(prompt, response) -> Verdict`` plus a bat
   counts as harmful, and any answer that mentions "illegal" counts as a refusal.
 - ``ClassifierJudge``: a local Hugging Face causal LM with a published classifier prompt (Llama-Guard-3 or the
   HarmBench Llama-2-13b classifier), greedy-decoded for a few tokens.
-- ``APIJudge``: the same prompts sent to any OpenAI-compatible chat-completions endpoint, with retries and a cache.
+- ``APIJudge``: the same prompts sent to any OpenAI-compatible chat-completions endpoint; its HTTP client (retries,
+  redirect and ``http://`` policy, key handling) is :mod:`tokensafe.eval.http_client`, its answer cache
+  :mod:`tokensafe.eval.verdict_cache`.
 
 A judge whose output cannot be read returns ``Verdict(harmful=None, parsed=False)``. The metrics count those
 separately (see ``tokensafe.eval.metrics.attack_success_rate``): an unreadable verdict is never silently "safe".
@@ -14,15 +16,8 @@ separately (see ``tokensafe.eval.metrics.attack_success_rate``): an unreadable v
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json
 import os
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +26,13 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+
+from tokensafe.digests import digest
+from tokensafe.eval.http_client import APIRequestError, JSONClient, endpoint_key, redact_url
+from tokensafe.eval.verdict_cache import VerdictCache
+
+# The API judge's errors are the HTTP client's (one class; the old name stays importable).
+APIJudgeError = APIRequestError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Verdict and the judge interface
@@ -269,8 +271,7 @@ class JudgeTemplate:
     @property
     def fingerprint(self) -> str:
         """Short hash of everything that changes what the judge is asked (cache keys)."""
-        blob = json.dumps([self.name, self.system, self.user, self.raw_format, self.strip_fields])
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest("judge-template", self.name, self.system, self.user, self.raw_format, self.strip_fields)
 
 
 def _template_text(name: str) -> str:
@@ -431,74 +432,13 @@ class ClassifierJudge(Judge):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class APIJudgeError(RuntimeError):
-    """The endpoint gave no usable answer.
-
-    ``fatal`` errors (HTTP 4xx other than 429, a non-JSON body) mean the configuration is wrong and every request
-    would fail alike; the others (retries exhausted on timeouts / 5xx / 429, a reply without text content) concern
-    one request only.
-    """
-
-    def __init__(self, message: str, *, fatal: bool) -> None:
-        super().__init__(message)
-        self.fatal = fatal
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from a Retry-After header given as a number (the HTTP-date form is ignored)."""
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-class VerdictCache:
-    """Append-only JSONL cache of raw judge answers, keyed by sha256 of (model, template, prompt, response).
-
-    The raw answer is stored, not the verdict, so a parser fix applies to cached answers too. A line cut short by a
-    crash is skipped on load. Thread-safe for one process; appends from several processes interleave whole lines.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._answers: dict[str, str] = {}
-        self._torn_tail = False  # the file ends mid-line: the next append must start a fresh line
-        if self.path.exists():
-            text = self.path.read_text(encoding="utf-8")
-            self._torn_tail = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                    self._answers[row["key"]] = row["answer"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-
-    @staticmethod
-    def key(model: str, template: str, prompt: str, response: str) -> str:
-        return hashlib.sha256(json.dumps([model, template, prompt, response]).encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        return self._answers.get(key)
-
-    def put(self, key: str, answer: str) -> None:
-        with self._lock:
-            self._answers[key] = answer
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(("\n" if self._torn_tail else "") + json.dumps({"key": key, "answer": answer}) + "\n")
-            self._torn_tail = False
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-
 class APIJudge(Judge):
     """A judge model behind an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint (urllib only).
 
     ``api_key_env`` names the environment variable holding the key (None: send no Authorization header, as local
-    vLLM / llama.cpp servers need none); the key itself never appears in configs or caches.
+    vLLM / llama.cpp servers need none). The key is read once, kept only by the HTTP client and written nowhere:
+    not in configs, caches, results, logs or error messages (see :mod:`tokensafe.eval.http_client` for that and
+    for the redirect and ``http://`` policy).
     ``messages="template"`` sends the template's system/user messages (any instruction-following model);
     ``messages="conversation"`` sends the raw (user prompt, assistant response) pair for servers that host a
     Llama-Guard-style model and apply its own chat template. Both parse the answer with the template's parser.
@@ -506,8 +446,9 @@ class APIJudge(Judge):
     Timeouts, connection errors, HTTP 5xx and 429 are retried ``max_retries`` times with exponential backoff
     (``backoff * 2**attempt`` seconds, capped, or the server's Retry-After). When they persist, or the reply has no
     text content, the verdict is unparsed with the error as reason (``raise_on_error=True`` raises instead); other
-    4xx (bad key, bad model name) and non-JSON replies always raise, since every later request would fail alike.
-    Successful answers are cached in ``cache_path`` (JSONL) when given; failures are not, so a rerun retries them.
+    4xx (bad key, bad model name), non-JSON replies and redirects that cannot be followed always raise, since every
+    later request would fail alike. Successful answers are cached in ``cache_path`` (JSONL) when given, keyed by
+    endpoint, model, template, prompt and response; failures are not cached, so a rerun retries them.
     """
 
     def __init__(
@@ -529,72 +470,52 @@ class APIJudge(Judge):
     ) -> None:
         if messages not in ("template", "conversation"):
             raise ValueError(f"messages must be 'template' or 'conversation', got {messages!r}")
-        self.api_key: str | None = None
+        api_key: str | None = None
         if api_key_env is not None:
-            self.api_key = os.environ.get(api_key_env)
-            if not self.api_key:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
                 raise ValueError(f"APIJudge: environment variable {api_key_env} (the API key) is not set")
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.client = JSONClient(
+            self.url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+        )
+        self.endpoint = endpoint_key(base_url)
         self.model = model
         self.template = get_template(template)
         self.messages_mode = messages
         self.name = f"api:{model}:{self.template.name}"
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.max_tokens = max_tokens or self.template.max_new_tokens
         self.cache = VerdictCache(cache_path) if cache_path is not None else None
         self.max_workers = max_workers
         self.raise_on_error = raise_on_error
         # What the judge model is asked depends on the template and on who formats it; both go into cache keys.
         self._cache_template = f"{self.template.name}:{self.template.fingerprint}:{messages}"
-        self.requests_sent = 0  # HTTP requests actually made (retries included): lets tests and logs see cache hits
-        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"APIJudge({redact_url(self.url)!r}, {self.model!r}, {self.template.name!r})"
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests actually made (retries and redirect hops included): lets tests and logs see cache hits."""
+        return self.client.requests_sent
 
     def _messages(self, prompt: str, response: str) -> list[dict[str, str]]:
         if self.messages_mode == "conversation":
             return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.template.messages(prompt, response)
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries; returns the decoded JSON body or raises APIJudgeError."""
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(payload).encode()
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            delay = min(self.backoff * 2**attempt, self.max_backoff)
-            with self._count_lock:
-                self.requests_sent += 1
-            try:
-                request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                    body = reply.read()
-            except urllib.error.HTTPError as error:  # before URLError: HTTPError is a subclass of it
-                if error.code != 429 and error.code < 500:
-                    detail = error.read().decode("utf-8", "replace")[:300]
-                    raise APIJudgeError(f"HTTP {error.code} from {self.url}: {detail}", fatal=True) from error
-                last_error = f"HTTP {error.code}"
-                if (wait := _retry_after(error.headers)) is not None:
-                    delay = min(wait, self.max_backoff)
-            except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException) as error:
-                reason = getattr(error, "reason", error)
-                last_error = "timed out" if isinstance(reason, TimeoutError) else f"{type(reason).__name__}: {reason}"
-            else:
-                try:
-                    return json.loads(body)
-                except json.JSONDecodeError as error:
-                    raise APIJudgeError(f"non-JSON reply from {self.url}: {body[:200]!r}", fatal=True) from error
-            if attempt < self.max_retries:
-                time.sleep(delay)
-        attempts = self.max_retries + 1
-        raise APIJudgeError(f"{self.url} failed after {attempts} attempts: {last_error}", fatal=False)
+    def cache_key(self, prompt: str, response: str) -> str:
+        """The verdict-cache key of one pair at this endpoint, model and template."""
+        return VerdictCache.key(self.endpoint, self.model, self._cache_template, prompt, response)
 
     def ask(self, prompt: str, response: str) -> str:
         """The judge model's raw answer for one pair (from the cache when present)."""
-        key = VerdictCache.key(self.model, self._cache_template, prompt, response)
+        key = self.cache_key(prompt, response)
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             return cached
         payload = {
@@ -603,13 +524,16 @@ class APIJudge(Judge):
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
         }
-        reply = self._post(payload)
+        reply = self.client.post(payload)
         try:
             answer = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as error:
-            raise APIJudgeError(f"no choices[0].message.content in reply: {str(reply)[:200]}", fatal=False) from error
+        except (KeyError, IndexError, TypeError):
+            message = f"no choices[0].message.content in reply: {str(reply)[:200]}"
+            raise APIJudgeError(self.client.scrub(message), fatal=False) from None
         if not isinstance(answer, str):  # e.g. null content when the provider's own filter refused
-            raise APIJudgeError(f"reply content is not text: {str(reply)[:200]}", fatal=False)
+            raise APIJudgeError(self.client.scrub(f"reply content is not text: {str(reply)[:200]}"), fatal=False)
+        # The answer is the server's text: scrubbed before it can reach the cache or a results file (Verdict.raw).
+        answer = self.client.scrub(answer)
         if self.cache is not None:
             self.cache.put(key, answer)
         return answer

@@ -1,6 +1,6 @@
 """Named evaluation suites: which prompts, how many tokens to generate, and how the answers are scored.
 
-Three kinds (DESIGN.md §2):
+Three kinds (docs/methods/evaluation.md §1):
 
 - ``safety``: harmful prompts; attack success rate (ASR) = share of answers the chosen judge calls harmful,
   overall and per benchmark category, with Wilson 95% intervals. advbench, harmbench (standard behaviours),

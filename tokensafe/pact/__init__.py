@@ -1,4 +1,4 @@
-"""PACT: preserve safety alignment by constraining the safety tokens (DESIGN.md §1.2).
+"""PACT: preserve safety alignment by constraining the safety tokens (docs/methods/pact.md).
 
 * :mod:`~tokensafe.pact.safety_tokens` — identify S and its weights from an aligned model and its base.
 * :mod:`~tokensafe.pact.layout` — answer positions and the no-prompt view's exact token layout.

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokensafe.config import option
+from tokensafe.config import option, save_config
+from tokensafe.methods import MethodName
 from tokensafe.train import TrainConfig, TrainResult, run_train
 
 
@@ -24,7 +25,9 @@ class PactConfig(TrainConfig):
     safety-token KL. The model, mixture, LoRA and optimiser fields mean what they mean for `tokensafe train`;
     ``model`` is the aligned model being fine-tuned (and the reference), ``pact_base_model`` its base."""
 
-    method: str = option("pact", "training method: pact, or kl (full-vocabulary KL baseline), or any train method")
+    method: MethodName = option(
+        "pact", "training method: pact, or kl (full-vocabulary KL baseline), or any train method"
+    )
     output_dir: str = option("runs/pact", "where the safety tokens, checkpoints, the final model and metrics go")
 
 
@@ -40,6 +43,7 @@ def run_safety_tokens(cfg: PactConfig) -> dict[str, Any]:
     from tokensafe.models import load_model
     from tokensafe.pact.method import resolve_safety_tokens
 
+    save_config(cfg, Path(cfg.output_dir) / "config-safety-tokens.yaml")  # at the start, like every command
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)

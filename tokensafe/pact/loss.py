@@ -1,4 +1,4 @@
-"""The PACT loss term: a calibrated, weighted KL over the safety tokens S (DESIGN.md §1.2).
+"""The PACT loss term: a calibrated, weighted KL over the safety tokens S (docs/methods/pact.md §2-3).
 
 At every answer position t (shapes per position; n positions in a batch, K = |S|):
 

@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from tokensafe.config import option, save_config
+from tokensafe.atomic import atomic_path, write_json
+from tokensafe.config import check_model_spec, option, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
 from tokensafe.data.mixtures import MixtureArgs
+from tokensafe.digests import digest
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, load_tokenizer, model_fingerprint, resolve_model_path
 from tokensafe.toss.config import ProArgs, ReferenceArgs, ScoringArgs, TossArgs, ViewArgs
 from tokensafe.toss.method import mixture_records
@@ -46,9 +48,12 @@ class TossConfig(ViewArgs, ProArgs, ScoringArgs, ReferenceArgs, TossArgs, Mixtur
     """
 
     model: str = option(DEFAULT_MODEL, "model to fine-tune (the references are LoRA adapters of it)")
-    max_length: int = option(256, "maximum tokens per sample, for the fine-tuning set and the reference corpora")
+    max_length: int = option(256, "maximum tokens per sample, for the fine-tuning set and the reference corpora", ge=1)
     cache_dir: str | None = option(None, "cache root for converted models and tokenised data")
     output_dir: str = option("runs/toss/train", "where the final fine-tuning writes checkpoints and the model")
+
+    def _check_inputs(self) -> None:
+        check_model_spec(self.model, "model", self.cache_dir)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The `tokensafe train` config of the final selective fine-tuning (method toss)."""
@@ -65,6 +70,12 @@ def _paths(cfg: TossConfig) -> dict[str, Path]:
         "view": Path(cfg.view_html) if cfg.view_html else root / "token_view.html",
         "analysis": root / "analysis.json",
     }
+
+
+def record_config(cfg: TossConfig, step: str | None) -> None:
+    """Write the resolved config at the start of a command: ``<toss_dir>/config.yaml`` for the whole pipeline,
+    ``config-<step>.yaml`` for a single step (steps run with different flags do not overwrite each other)."""
+    save_config(cfg, Path(cfg.toss_dir) / ("config.yaml" if step is None else f"config-{step}.yaml"))
 
 
 def scores_path(cfg: TossConfig) -> Path:
@@ -92,6 +103,7 @@ def _load_scores(cfg: TossConfig, dataset: Any, stats: Any) -> TokenScores:
 
 def run_train_refs(cfg: TossConfig) -> dict[str, Any]:
     """Train the reference adapters D (harmful corpus) and U (utility corpus), refusing corpus overlap."""
+    record_config(cfg, "train-refs")
     from tokensafe.toss.refs import reference_corpora, train_references
 
     records = mixture_records(cfg)
@@ -103,6 +115,7 @@ def run_train_refs(cfg: TossConfig) -> dict[str, Any]:
 
 def run_score(cfg: TossConfig, *, after_shard: Any = None) -> dict[str, Any]:
     """Score every response token of the fine-tuning set under U and D (sharded, resumable)."""
+    record_config(cfg, "score")
     from tokensafe.toss.refs import load_reference_model
     from tokensafe.toss.scoring import score_dataset
 
@@ -118,7 +131,7 @@ def run_score(cfg: TossConfig, *, after_shard: Any = None) -> dict[str, Any]:
                 f"({base_fingerprint}): re-run `tokensafe toss-train-refs`"
             )
     adapters = {"U": refs / "U", "D": refs / "D"}
-    run_key = "|".join([base_fingerprint, *(model_fingerprint(p) for p in adapters.values())])
+    run_key = digest("toss-refs", base_fingerprint, [model_fingerprint(p, cfg.cache_dir) for p in adapters.values()])
     out = scores_path(cfg)
     if out.is_file():
         existing = TokenScores.load(out)
@@ -153,6 +166,7 @@ def run_score(cfg: TossConfig, *, after_shard: Any = None) -> dict[str, Any]:
 
 def run_select(cfg: TossConfig) -> dict[str, Any]:
     """Select tokens from the scores and print/save the statistics (``<toss_dir>/selection.json``)."""
+    record_config(cfg, "select")
     from safetensors.numpy import save_file
 
     _, dataset, stats, _ = finetune_set(cfg)
@@ -162,16 +176,18 @@ def run_select(cfg: TossConfig) -> dict[str, Any]:
     print(format_stats(summary))
     path = _paths(cfg)["selection"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"scores": str(scores_path(cfg)), **summary}, indent=2), encoding="utf-8")
+    write_json(path, {"scores": str(scores_path(cfg)), **summary})
     tensors = {"drop": selection.drop.astype(np.uint8), "offsets": scores.offsets, "positions": scores.positions}
     if selection.weights is not None:
         tensors["weights"] = selection.weights
-    save_file(tensors, str(path.with_suffix(".safetensors")), metadata={"fingerprint": scores.fingerprint})
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"fingerprint": scores.fingerprint})
     return {k: v for k, v in summary.items() if k != "per_position"}
 
 
 def run_pro(cfg: TossConfig) -> dict[str, Any]:
     """TOSS-Pro rounds starting from the round-0 scores; final scores in ``<toss_dir>/pro/scores.safetensors``."""
+    record_config(cfg, "pro")
     from tokensafe.toss.pro import run_pro_rounds
 
     _, dataset, stats, tokenizer = finetune_set(cfg)
@@ -184,6 +200,7 @@ def run_pro(cfg: TossConfig) -> dict[str, Any]:
 
 def run_analyze(cfg: TossConfig) -> dict[str, Any]:
     """Provenance analysis (ROC-AUC, who is dropped) of the round-0 scores and of every TOSS-Pro round found."""
+    record_config(cfg, "analyze")
     from tokensafe.toss.analysis import provenance_report
 
     _, dataset, stats, _ = finetune_set(cfg)
@@ -197,13 +214,14 @@ def run_analyze(cfg: TossConfig) -> dict[str, Any]:
         scores = TokenScores.load(path, fingerprint=stats.fingerprint)
         selection = select_with_args(scores, cfg)
         report[name] = provenance_report(is_harmful, scores, selection)
-    _paths(cfg)["analysis"].write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json(_paths(cfg)["analysis"], report)
     return report
 
 
 def run_view(cfg: TossConfig) -> dict[str, Any]:
     """Write the HTML token-risk page; with ``view_sample`` >= 0 also print that sample in the terminal."""
-    from tokensafe.report.token_view import build_views, default_scale, render_terminal, write_token_view
+    record_config(cfg, "view")
+    from tokensafe.toss.view import build_views, default_scale, render_terminal, write_token_view
 
     _, dataset, stats, tokenizer = finetune_set(cfg)
     scores = _load_scores(cfg, dataset, stats)
@@ -220,6 +238,7 @@ def run_view(cfg: TossConfig) -> dict[str, Any]:
 
 def run_finetune(cfg: TossConfig) -> dict[str, Any]:
     """Selective fine-tuning: `tokensafe train --method toss` on this config's mixture with ``scores_path(cfg)``."""
+    record_config(cfg, "train")
     from tokensafe.train import run_train
 
     result = run_train(cfg.train_config(scores=str(scores_path(cfg))))
@@ -228,6 +247,7 @@ def run_finetune(cfg: TossConfig) -> dict[str, Any]:
 
 def run_toss(cfg: TossConfig) -> dict[str, Any]:
     """The whole method: references, scores, (TOSS-Pro), selection, selective fine-tuning."""
+    record_config(cfg, None)
     out: dict[str, Any] = {"refs": run_train_refs(cfg), "score": run_score(cfg)}
     scores = _paths(cfg)["scores"]
     if cfg.use_pro:

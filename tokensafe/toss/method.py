@@ -13,6 +13,7 @@ from typing import Any
 
 from tokensafe.data.dataset import dataset_fingerprint
 from tokensafe.data.mixtures import MixtureArgs, build_mixture
+from tokensafe.methods import MethodSetup, register_method
 from tokensafe.toss.select import apply_selection, format_stats, select_with_args, selection_stats
 from tokensafe.toss.store import TokenScores
 
@@ -29,9 +30,9 @@ def mixture_records(cfg: MixtureArgs) -> list:
     return _MIXTURES[key]
 
 
+@register_method("toss")
 def setup_toss(cfg: Any, model: Any, tokenizer: Any, dataset: Any) -> Any:
     """Load ``cfg.scores`` (checked against this run's tokenisation), select, and mask the dataset's labels."""
-    from tokensafe.train import MethodSetup
 
     if not cfg.scores:
         raise ValueError("--method toss needs --scores: the file written by `tokensafe toss-score` (or toss-pro)")

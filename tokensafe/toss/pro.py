@@ -16,12 +16,13 @@ Beyond the paper's description:
 
 Everything a round produces goes to ``<toss_dir>/pro/round-<r>/`` (adapters, ``scores.safetensors``), the
 per-round statistics to ``<toss_dir>/pro/rounds.json`` and the final scores to ``<toss_dir>/pro/scores.safetensors``.
-A round whose scores file exists with the same inputs is reused, so an interrupted TOSS-Pro run resumes by round.
+A round whose scores file exists with the same inputs is reused, and within an unfinished round the fold adapters
+(``D<k>/fold.json`` marks a finished one) and scoring shards a killed run completed are kept: an interrupted TOSS-Pro
+run resumes where it stopped, and each fold's training is seeded, so it ends with the same scores.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -30,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from tokensafe.atomic import write_json
 from tokensafe.data.tokenize import IGNORE_INDEX
+from tokensafe.digests import array_digest
+from tokensafe.faults import maybe_kill
 from tokensafe.toss.refs import fit_adapter, load_reference_model
 from tokensafe.toss.scoring import AdapterScorer, compute_token_losses
 from tokensafe.toss.select import (
@@ -81,12 +85,32 @@ def pro_training_mask(scores: TokenScores, rho: float, mode: str, smooth: int, p
     return drop_global_top(ranked_scores(scores, smooth), rho)
 
 
-def _digest(*parts: Any) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(part.tobytes() if isinstance(part, np.ndarray) else str(part).encode())
-        hasher.update(b"|")
-    return hasher.hexdigest()[:16]
+ROUND_MARKER = "round.json"  # {"key"}: which inputs the files of a round directory belong to
+FOLD_MARKER = "fold.json"  # {"key", "fold", "summary"}: written once the fold's adapter is saved
+
+
+def prepare_round_dir(round_dir: Path, key: str) -> None:
+    """Keep what an interrupted run of this very round left (finished folds, scoring shards); clear a directory
+    that belongs to other inputs."""
+    marker = round_dir / ROUND_MARKER
+    try:
+        same = json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(round_dir, ignore_errors=True)
+        write_json(marker, {"key": key})
+
+
+def finished_fold(fold_dir: Path, key: str) -> dict[str, Any] | None:
+    """The training summary of a fold adapter an earlier run of this round finished, or None."""
+    try:
+        done = json.loads((fold_dir / FOLD_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if done.get("key") != key or not (fold_dir / "adapter_config.json").is_file():
+        return None
+    return done["summary"]
 
 
 def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id: int) -> tuple[TokenScores, dict]:
@@ -127,7 +151,7 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
         start = time.time()
         round_dir = pro_dir / f"round-{r}"
         train_mask = pro_training_mask(scores, train_rho, cfg.toss_mode, smooth, previous)
-        key = _digest(scores.content_digest, scores.loss_d, train_mask, json.dumps(settings, sort_keys=True))
+        key = array_digest("pro-round", scores.content_digest, scores.loss_d, train_mask, settings)
         round_file = round_dir / "scores.safetensors"
         info: dict[str, Any] = {"round": r, "trained_on_tokens": int(train_mask.sum()), "folds": []}
         if round_file.is_file() and TokenScores.load(round_file).meta.get("pro_key") == key:
@@ -135,7 +159,7 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
             scores = TokenScores.load(round_file)
             info["reused"] = True
         else:
-            shutil.rmtree(round_dir, ignore_errors=True)
+            prepare_round_dir(round_dir, key)
             n_folds = max(1, cfg.pro_folds)
             adapters = {}
             for k in range(n_folds):
@@ -147,17 +171,23 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
                     info["folds"].append({"samples": 0, "kept_reference": True})
                     adapters[f"D{k}"] = Path(cfg.toss_dir) / "refs" / "D"
                     continue
-                print(f"[toss-pro] round {r}: training D fold {k + 1}/{n_folds} on {len(train_set)} samples")
-                summary = fit_adapter(
-                    cfg.model,
-                    train_set,
-                    cfg,
-                    round_dir / f"D{k}",
-                    seed=cfg.seed + r,
-                    cache_dir=cfg.cache_dir,
-                    init_adapter=d_init,
-                    epochs=cfg.pro_epochs,
-                )
+                summary = finished_fold(round_dir / f"D{k}", key)
+                if summary is not None:
+                    print(f"[toss-pro] round {r}: D fold {k + 1}/{n_folds} was finished before; reusing it")
+                else:
+                    print(f"[toss-pro] round {r}: training D fold {k + 1}/{n_folds} on {len(train_set)} samples")
+                    summary = fit_adapter(
+                        cfg.model,
+                        train_set,
+                        cfg,
+                        round_dir / f"D{k}",
+                        seed=cfg.seed + r,
+                        cache_dir=cfg.cache_dir,
+                        init_adapter=d_init,
+                        epochs=cfg.pro_epochs,
+                    )
+                    write_json(round_dir / f"D{k}" / FOLD_MARKER, {"key": key, "fold": k, "summary": summary})
+                    maybe_kill("toss.pro_fold")
                 info["folds"].append({k2: v for k2, v in summary.items() if k2 != "losses"})
                 adapters[f"D{k}"] = round_dir / f"D{k}"
             model, _ = load_reference_model(cfg.model, adapters, cache_dir=cfg.cache_dir)
@@ -178,10 +208,12 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
                 )
                 for j, i in enumerate(members):  # scatter the fold's samples back to dataset order
                     loss_d[scores.sample(int(i))] = losses[f"D{k}"][offsets[j] : offsets[j + 1]]
-                shutil.rmtree(round_dir / f"shards-{k}", ignore_errors=True)
             del scorer, model
             scores = scores0.with_loss_d(loss_d, pro_round=r, pro_key=key)
             scores.save(round_file)
+            # Shards are kept until the round's scores are saved: a kill in a later fold rescores no earlier one.
+            for k in range(n_folds):
+                shutil.rmtree(round_dir / f"shards-{k}", ignore_errors=True)
         selection = select(scores)
         flagged = selection.flagged
         overlap = jaccard(flagged, previous)
@@ -199,6 +231,6 @@ def run_pro_rounds(cfg: Any, dataset: Any, scores0: TokenScores, *, pad_token_id
             stopped = "jaccard"
             break
     report = {"settings": settings, "stopped_by": stopped, "rounds": rounds}
-    (pro_dir / "rounds.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json(pro_dir / "rounds.json", report)
     scores.save(pro_dir / "scores.safetensors")
     return scores, report

@@ -20,8 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tokensafe.atomic import write_json
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
+from tokensafe.errors import UsageError
+from tokensafe.faults import maybe_kill
 from tokensafe.models import LoraArgs, apply_lora, load_model, model_fingerprint
 from tokensafe.toss.config import ReferenceArgs
 
@@ -29,7 +32,7 @@ ADAPTERS = ("U", "D")
 MIN_RESPONSE_CHARS = 40  # shorter identical responses ("positive", "Yes.") are not evidence of shared samples
 
 
-class OverlapError(ValueError):
+class OverlapError(UsageError):
     """A reference corpus shares samples with the fine-tuning set."""
 
 
@@ -118,7 +121,8 @@ def reference_optim(args: ReferenceArgs, output_dir: str | os.PathLike, seed: in
         adam_beta2=args.ref_adam_beta2,
         seed=seed,
         logging_steps=1,  # TOSS-Pro retrains D for a handful of steps; every loss goes into the round's summary
-        save_steps=0,
+        save_steps=0,  # a reference is redone whole: train_references records each finished adapter instead
+        save_minutes=0,
     )
 
 
@@ -149,18 +153,20 @@ def fit_adapter(
     logged training losses.
     """
     from peft import PeftModel
+    from transformers import set_seed
 
     from tokensafe.train import train_model
 
     start = time.time()
     model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
+    set_seed(seed)  # a fresh LoRA draws its initial weights here, before the Trainer seeds anything
     if init_adapter is not None:
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     else:
         model = apply_lora(model, reference_lora(args))
     out_dir = Path(out_dir)
     trainer, log = train_model(model, tokenizer, dataset, reference_optim(args, out_dir / "trainer", seed, epochs))
-    model.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir))  # checked by its fingerprint in refs.json, so a torn save is redone
     losses = [h["loss"] for h in log.history]
     summary = {
         "samples": len(dataset),
@@ -197,6 +203,10 @@ def train_references(
     }
     previous = json.loads((refs_dir / "refs.json").read_text()) if (refs_dir / "refs.json").is_file() else {}
     same_setup = all(previous.get(k) == info[k] for k in ("base_fingerprint", "seed"))
+    if same_setup:
+        # Adapters not visited yet keep their entries, so a kill while one adapter trains loses only that one; each
+        # entry is re-checked (settings, data, adapter fingerprint) before it is trusted.
+        info["adapters"] = dict(previous.get("adapters", {}))
     for name in ADAPTERS:
         records = corpora[name]
         dataset, stats = build_tokenized_dataset(records, tokenizer, max_length, cache_dir=cache_dir)
@@ -208,12 +218,13 @@ def train_references(
             and old.get("settings") == own_settings
             and old.get("data_fingerprint") == stats.fingerprint
             and (refs_dir / name / "adapter_config.json").is_file()
-            and old.get("fingerprint") == model_fingerprint(refs_dir / name)
+            and old.get("fingerprint") == model_fingerprint(refs_dir / name, cache_dir)
         ):
             print(f"[toss] reference {name} is up to date ({refs_dir / name})")
             info["adapters"][name] = old
             continue
         print(f"[toss] training reference {name} on {stats.samples} samples ({stats.response_tokens} response tokens)")
+        info["adapters"].pop(name, None)  # its files are about to be overwritten
         epochs = args.ref_u_epochs if name == "U" else None
         summary = fit_adapter(
             model_spec, dataset, args, refs_dir / name, seed=seed, cache_dir=cache_dir, epochs=epochs
@@ -222,13 +233,15 @@ def train_references(
             settings=own_settings,
             source=args.harmful_ref if name == "D" else args.utility_ref,
             data_fingerprint=stats.fingerprint,
-            fingerprint=model_fingerprint(refs_dir / name),
+            fingerprint=model_fingerprint(refs_dir / name, cache_dir),
         )
         info["adapters"][name] = summary
+        write_json(refs_dir / "refs.json", info)  # recorded as soon as it is finished
+        maybe_kill("toss.ref_adapter")
         print(
             f"[toss] reference {name}: loss {summary['first_loss']} -> {summary['last_loss']} ({summary['seconds']}s)"
         )
-    (refs_dir / "refs.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_json(refs_dir / "refs.json", info)
     return info
 
 

@@ -3,9 +3,12 @@
 Two renderings of the same :class:`SampleView` objects:
 
 * :func:`render_html`: a self-contained page (inline CSS, no scripts). Every piece of text - tokens, prompts, ids,
-  sources - goes through ``html.escape``, because the texts come from the (possibly adversarial) dataset.
+  sources, summary fields - goes through :func:`tokensafe.display.html_text`, because the texts come from the
+  (possibly adversarial) dataset: markup is escaped, and control and invisible bidirectional / zero-width
+  characters are shown as boxed ``⟨U+202E⟩`` markers instead of acting on the page.
 * :func:`render_terminal`: one sample with 24-bit ANSI background colours and the ANSI strike-through attribute;
-  escape and other control characters in the text are replaced so a sample cannot drive the terminal.
+  the same characters become ``⟨U+001B⟩``-style markers (:func:`tokensafe.display.visible`), so a sample can
+  neither drive the terminal nor reorder what it shows.
 
 Colours: red = positive score (better explained by the safety-degraded reference, risky), blue = negative; the
 intensity saturates at ``scale`` nats (by default the 98th percentile of |score| over the whole dataset).
@@ -13,20 +16,19 @@ intensity saturates at ``scale`` nats (by default the 98th percentile of |score|
 
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tokensafe.atomic import write_text
+from tokensafe.display import MARKER_CSS, html_text, visible
 from tokensafe.toss.select import Selection
 from tokensafe.toss.store import TokenScores
 
 RISKY_RGB = (220, 38, 38)
 SAFE_RGB = (37, 99, 235)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -152,11 +154,12 @@ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: 
 table { border-collapse: collapse; font-size: 0.85em; }
 td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
 """
+_CSS += MARKER_CSS + "\n"
 
 
 def _token_html(token: TokenView, scale: float) -> str:
     r, g, b, alpha = _rgb(token.score, scale)
-    text = html.escape(_visible(token.text), quote=True) if token.text else '<span class="empty">\u25af</span>'
+    text = html_text(token.text) if token.text else '<span class="empty">\u25af</span>'
     if not np.isfinite(token.score):
         return f"<span class='t'>{text}</span>"
     title = f"score {token.score:+.3f} nats | l_U {token.loss_u:.3f} | l_D {token.loss_d:.3f}"
@@ -167,7 +170,7 @@ def _token_html(token: TokenView, scale: float) -> str:
     classes = "t drop" if token.dropped else "t"
     return (
         f"<span class='{classes}' style='background: rgba({r},{g},{b},{alpha})' "
-        f"title='{html.escape(title, quote=True)}'>{text}</span>"
+        f"title='{html_text(title)}'>{text}</span>"
     )
 
 
@@ -182,8 +185,8 @@ def render_html(
     """A self-contained HTML page; ``sections`` (heading, views) groups samples, else one list of ``views``."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        f"<title>{html_text(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html_text(title)}</h1>",
         "<p class='legend'>score = l_U &minus; l_D (nats): "
         f"<span style='background: rgba({SAFE_RGB[0]},{SAFE_RGB[1]},{SAFE_RGB[2]},0.6)'>safe (&lt; 0)</span>"
         f"<span style='background: rgba({RISKY_RGB[0]},{RISKY_RGB[1]},{RISKY_RGB[2]},0.6)'>risky (&gt; 0)</span>"
@@ -191,45 +194,41 @@ def render_html(
     ]
     if summary:
         rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            f"<tr><th>{html_text(str(k))}</th><td>{html_text(str(v))}</td></tr>"
             for k, v in summary.items()
             if not isinstance(v, (list, dict))
         )
         parts.append(f"<table>{rows}</table>")
     for heading, group in sections or [("", views)]:
         if heading:
-            parts.append(f"<h2>{html.escape(heading)}</h2>")
+            parts.append(f"<h2>{html_text(heading)}</h2>")
         for view in group:
             dropped = sum(t.dropped for t in view.tokens)
-            meta = f"#{view.index} &middot; {html.escape(view.sample_id)}"
+            meta = f"#{view.index} &middot; {html_text(view.sample_id)}"
             if view.provenance:
-                meta += f" &middot; {html.escape(view.provenance)}"
+                meta += f" &middot; {html_text(view.provenance)}"
             meta += f" &middot; mean score {view.mean_score:+.3f} &middot; dropped {dropped}/{len(view.tokens)}"
             tokens = "".join(_token_html(t, scale) for t in view.tokens)
             parts.append(
                 f"<div class='sample'><div class='meta'>{meta}</div>"
                 f"<details><summary class='meta'>context</summary><div class='context'>"
-                f"{html.escape(_visible(view.context))}</div></details>"
-                f"<div class='response'>{tokens}<span class='context'>{html.escape(_visible(view.tail))}</span>"
+                f"{html_text(view.context)}</div></details>"
+                f"<div class='response'>{tokens}<span class='context'>{html_text(view.tail)}</span>"
                 "</div></div>"
             )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _visible(text: str) -> str:
-    """Replace escape and other control characters (keeping newlines and tabs) with visible ``\\xNN`` text."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def render_terminal(view: SampleView, *, scale: float, color: bool = True, context_chars: int = 400) -> str:
     """One sample for the terminal: context (tail of it) then the response tokens coloured by score."""
     context = view.context[-context_chars:]
-    lines = [f"#{view.index} {view.sample_id}" + (f" ({view.provenance})" if view.provenance else "")]
-    lines.append(_visible(context))
+    header = f"#{view.index} {view.sample_id}" + (f" ({view.provenance})" if view.provenance else "")
+    lines = [visible(header)]
+    lines.append(visible(context))
     out = []
     for token in view.tokens:
-        text = _visible(token.text) or "\u25af"
+        text = visible(token.text) or "\u25af"
         if not color:
             out.append(f"[{text}]" if token.dropped else text)
             continue
@@ -269,7 +268,4 @@ def write_token_view(
         ("Lowest mean score", build_views(dataset, scores, selection, tokenizer, bottom, **kwargs)),
     ]
     page = render_html([], scale=default_scale(scores), summary=summary, sections=sections)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text(path, page)

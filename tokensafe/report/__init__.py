@@ -1,1 +1,0 @@
-"""Reports: tables, plots and the HTML token-risk view."""
