@@ -98,9 +98,15 @@ def test_rows_come_back_in_record_order_and_file_in_length_order(clean_run, reco
     assert [w["prompt_tokens"] for w in written] == sorted((w["prompt_tokens"] for w in written), reverse=True)
 
 
-def test_second_run_reuses_the_file_without_generating(clean_run, chatty_model, tokenizer, records, tmp_path):
+def test_second_run_reuses_the_file_without_generating(
+    clean_run, chatty_model, tokenizer, records, tmp_path, monkeypatch
+):
+    from tokensafe.eval import engine
+
     path = tmp_path / "g.jsonl"
     shutil.copy(clean_run[0], path)
+    # Neither decoding path may run: the engine, nor model.generate (the fallback for models the engine cannot drive).
+    monkeypatch.setattr(engine.GreedyEngine, "steps", lambda *a, **k: pytest.fail("engine ran on a cached suite"))
     model = copy.copy(chatty_model)  # a shallow copy whose generate can be patched without touching the fixture
     model.generate = lambda *a, **k: pytest.fail("generate called on a cached suite")
     rows, generated = generate_suite(model, tokenizer, records, path, SETTINGS, header=HEADER, progress=False)

@@ -1,25 +1,30 @@
-"""Batched greedy generation with the model's own chat template, cached and resumable as JSONL.
+"""Greedy generation with the model's own chat template, cached and resumable as JSONL.
 
 One generations file holds the answers of one model (fingerprint) to one suite under one set of generation
 settings; its name is a hash of exactly those, so re-running an evaluation with the same model and settings reads
-the file instead of generating, and a different judge can re-score it for free. The file is written one batch at a
-time (append, flush, fsync), so a run killed half-way resumes from the last finished batch.
+the file instead of generating, and a different judge can re-score it for free. Answers come from
+:class:`tokensafe.eval.engine.GreedyEngine` (one stream of prompts, possibly of several suites, with a batch kept
+full); a row is appended (flush, fsync) once it and every row before it in the file's order have finished, so the
+file's content does not depend on timing and a run killed half-way resumes from its last written row.
 
 File layout (JSON lines):
 
-- line 1, the header: ``{"header": {"suite", "model", "fingerprint", "settings": {...}, "format": 1}}``
-- then one row per prompt, in generation order (longest prompt first):
+- line 1, the header: ``{"header": {"suite", "model", "fingerprint", "settings": {...}, "format": 2}}``
+- then one row per prompt, in admission order (longest prompt first, ties in record order):
   ``{"id", "prompt", "response", "prompt_sha", "prompt_tokens", "new_tokens", "stopped", "category", "gold"}``
 
 ``prompt`` is the last user turn (what a judge sees), ``prompt_sha`` a hash of the full chat-templated text the
 model saw (a row is reused only while the templated prompt is unchanged: new data or a new chat template
-regenerates it), ``stopped`` is "eos" or "length" (cut at ``max_new_tokens``), and ``category`` / ``gold`` carry
-what scoring needs (benchmark category, gold label or number) so a file can be scored without the dataset.
+regenerates it), ``stopped`` is "eos", "length" (cut at ``max_new_tokens``) or "early" (cut after the first
+refusal phrase, ``stop_at_refusal``), and ``category`` / ``gold`` carry what scoring needs (benchmark category, gold
+label or number) so a file can be scored without the dataset.
+
+Format 2 (format 1: fixed batches through ``model.generate``): answers come from the engine, whose rows meet other
+rows of the stream instead of a fixed batch, and the settings gained ``stop_at_refusal``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -31,9 +36,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokensafe.atomic import write_text
 from tokensafe.data.records import Record
+from tokensafe.digests import digest
+from tokensafe.faults import maybe_kill
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEY_FIELDS = ("suite", "fingerprint", "settings", "format")  # header fields that must match on reuse
 
 
@@ -41,15 +49,18 @@ KEY_FIELDS = ("suite", "fingerprint", "settings", "format")  # header fields tha
 class GenerationSettings:
     """Everything besides the model and the prompts that can change a generated answer.
 
-    Decoding is always greedy in fp32 (DESIGN.md §2). ``batch_size`` is part of the key on purpose: left padding
-    changes the matmul shapes, and in rare cases that flips a near-tied argmax, so a different batch size is a
-    (slightly) different experiment.
+    Decoding is always greedy in fp32 (docs/methods/evaluation.md §2). ``batch_size`` is the engine's width (rows
+    decoded together) and part of the key on purpose: which rows share a step changes the matmul shapes, and in rare
+    cases that flips a near-tied argmax, so a different width is a (slightly) different experiment.
+    ``stop_at_refusal`` ends an answer right after its first refusal phrase (the keyword judge's list): the keyword
+    verdict cannot change, but the stored answer is cut, so it is part of the key too.
     """
 
     max_new_tokens: int
     batch_size: int
     decoding: str = "greedy"
     dtype: str = "float32"
+    stop_at_refusal: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -57,7 +68,7 @@ class GenerationSettings:
 
     def key(self) -> str:
         """Short stable hash of the settings (part of the generations file name)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return digest("generation-settings", asdict(self), length=10)
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, record: Record) -> str:
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest("prompt-text", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,10 +162,9 @@ def _drop_torn_tail(path: Path) -> None:
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids that end an answer: the model's generation config (may be a list), else the tokenizer's EOS."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in ids if i is not None] or [tokenizer.eos_token_id]
-    return [int(i) for i in ids if i is not None]
+    from tokensafe.eval.engine import stop_token_ids  # one rule for both paths
+
+    return stop_token_ids(model, tokenizer)
 
 
 def generate_batch(
@@ -194,9 +204,187 @@ def generate_batch(
     return results
 
 
-def _batches(order: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(order), size):
-        yield order[start : start + size]
+@dataclass
+class SuiteJob:
+    """One suite's part of a shared generation stream: the arguments :func:`generate_suite` takes for it."""
+
+    records: Sequence[Record]
+    path: Path
+    settings: GenerationSettings
+    header: dict[str, Any] | None = None
+    gold: Callable[[Record], Any] | None = None
+    category: Callable[[Record], str | None] | None = None
+
+
+class _OpenSuite:
+    """A job's file opened for appending: what it holds already, what is left to generate, and the in-order commit
+    of finished answers (a row is written once every row before it in the file's order is written)."""
+
+    def __init__(self, job: SuiteJob, tokenizer: PreTrainedTokenizerBase) -> None:
+        records = job.records
+        if len({record.id for record in records}) != len(records):
+            raise ValueError("record ids must be unique within a suite (they key the generations file)")
+        self.job = job
+        self.path = path = Path(job.path)
+        header = {**(job.header or {}), "settings": asdict(job.settings), "format": FORMAT_VERSION}
+        self.done: dict[str, Generation] = {}
+        if path.exists() and path.stat().st_size > 0:
+            existing = read_generations(path)
+            # Only the cache key must match; "model" may be spelled differently for the same weights.
+            if any(existing.header.get(key) != header.get(key) for key in KEY_FIELDS):
+                raise ValueError(
+                    f"{path} was written for {existing.header}, not {header}; delete it or use another output "
+                    "directory"
+                )
+            self.done = existing.rows
+            _drop_torn_tail(path)
+        else:
+            # Atomic: a kill while the header is written must not leave a headerless file that every later run
+            # rejects.
+            write_text(path, json.dumps({"header": header}) + "\n")
+        self.header = header
+        texts = [render_prompt(tokenizer, record) for record in records]
+        self.shas = [_sha(text) for text in texts]
+        self.encoded: list[list[int]] = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        fresh = {
+            i
+            for i, record in enumerate(records)
+            if record.id not in self.done or self.done[record.id].prompt_sha != self.shas[i]
+        }
+        # The file's order: longest prompt first, ties in record order (the engine admits in this order too).
+        self.order = sorted(fresh, key=lambda i: (-len(self.encoded[i]), i))
+        self.generated = len(fresh)
+        self.finished: dict[int, tuple[str, int, str]] = {}
+        self.next = 0  # position in self.order of the next row to write
+        self.handle = None
+
+    def add(self, index: int, answer: tuple[str, int, str]) -> int:
+        """Record a finished answer and append every row that is now next in order (not yet synced: see
+        :meth:`sync`); returns how many were written."""
+        self.finished[index] = answer
+        written = 0
+        while self.next < len(self.order) and self.order[self.next] in self.finished:
+            i = self.order[self.next]
+            response, new_tokens, stopped = self.finished.pop(i)
+            record, job = self.job.records[i], self.job
+            row = Generation(
+                id=record.id,
+                prompt=record.prompt,
+                response=response,
+                prompt_sha=self.shas[i],
+                prompt_tokens=len(self.encoded[i]),
+                new_tokens=new_tokens,
+                stopped=stopped,
+                category=job.category(record) if job.category else None,
+                gold=job.gold(record) if job.gold else None,
+            )
+            if self.handle is None:
+                self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by generate_suites
+            self.handle.write(row.to_json() + "\n")
+            self.done[record.id] = row
+            self.next += 1
+            written += 1
+        return written
+
+    def sync(self) -> None:
+        """Flush and fsync the rows written so far: a kill loses only answers still waiting for an earlier row."""
+        if self.handle is not None:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+
+    def rows(self) -> list[Generation]:
+        return [self.done[record.id] for record in self.job.records]
+
+
+def _refusal_stop() -> Callable[[str], bool]:
+    """Early-stop test of ``stop_at_refusal``: the answer so far contains a refusal phrase of the keyword judge.
+
+    An answer stopped here keeps its keyword verdict: the phrase stays in the cut answer, and the full answer
+    (which would only have continued it) contains it too, at the same place.
+    """
+    from tokensafe.eval.judges import KeywordJudge
+
+    judge = KeywordJudge()
+    return lambda text: judge.find_refusal(text) is not None
+
+
+def _batched_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[Any], width: int
+) -> Iterator[list[Any]]:
+    """The engine's fallback for models it cannot drive: batches of ``width`` prompts of one budget through
+    ``generate_batch``, longest first; yields each batch's answers."""
+    from tokensafe.eval.engine import Answer
+
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, -len(requests[i].tokens), i))
+    for start in range(0, len(order), width):
+        chunk = order[start : start + width]
+        for budget in sorted({requests[i].max_new_tokens for i in chunk}):
+            part = [i for i in chunk if requests[i].max_new_tokens == budget]
+            answers = generate_batch(model, tokenizer, [requests[i].tokens for i in part], budget)
+            yield [Answer(requests[i].key, *answer, ()) for i, answer in zip(part, answers, strict=True)]
+
+
+def generate_suites(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    jobs: Sequence[SuiteJob],
+    *,
+    progress: bool = True,
+    after_batch: Callable[[int], None] | None = None,
+) -> list[tuple[list[Generation], int]]:
+    """Generate (or reuse) the answers of several suites in one engine stream; per job (as :func:`generate_suite`).
+
+    Every job's file is checked and opened first; then the prompts left to answer in all files go through one
+    :class:`~tokensafe.eval.engine.GreedyEngine` (width: the largest ``settings.batch_size``), longest first, each
+    with its own suite's budget and early stop. ``after_batch(i)`` is called after the i-th commit (one or more rows
+    appended and fsynced; tests inject an interruption there).
+    """
+    from tokensafe.eval.engine import GreedyEngine, Request, engine_supports
+
+    if len({Path(job.path).resolve() for job in jobs}) != len(jobs):
+        raise ValueError("two jobs of one generation stream write the same generations file (a suite given twice?)")
+    suites = [_OpenSuite(job, tokenizer) for job in jobs]
+    requests: list[Request] = []
+    for number, suite in enumerate(suites):
+        stop = _refusal_stop() if suite.job.settings.stop_at_refusal else None
+        requests += [
+            Request((number, i), suite.encoded[i], suite.job.settings.max_new_tokens, stop) for i in suite.order
+        ]
+    # One global order, longest first (ties: suite, then record order); per suite it is that suite's file order.
+    requests.sort(key=lambda r: (-len(r.tokens), r.key))
+    width = max((job.settings.batch_size for job in jobs), default=1)
+    commits = 0
+    try:
+        if requests:
+            model.eval()
+            if engine_supports(model):
+                steps = GreedyEngine(model, tokenizer, width=width).steps(requests)
+            elif any(r.early_stop is not None for r in requests):
+                raise ValueError("stop_at_refusal needs the generation engine, which does not support this model")
+            else:
+                steps = _batched_answers(model, tokenizer, requests, width)
+            name = ",".join(str(s.header.get("suite", "generate")) for s in suites)
+            with tqdm(total=len(requests), desc=name, unit="prompt", disable=not progress) as bar:
+                for finished in steps:
+                    touched: set[int] = set()
+                    for answer in finished:
+                        number, index = answer.key  # type: ignore[misc]
+                        if suites[number].add(index, answer.as_tuple()):
+                            touched.add(number)
+                    bar.update(len(finished))
+                    if not touched:
+                        continue
+                    for number in sorted(touched):
+                        suites[number].sync()
+                    if after_batch is not None:
+                        after_batch(commits)
+                    commits += 1
+                    maybe_kill("eval.batch")
+    finally:
+        for suite in suites:
+            if suite.handle is not None:
+                suite.handle.close()
+    return [(suite.rows(), suite.generated) for suite in suites]
 
 
 def generate_suite(
@@ -216,75 +404,13 @@ def generate_suite(
 
     Returns the answers in record order and how many of them were generated by this call (0 = all reused).
 
-    Rows already in the file whose templated prompt is unchanged are reused. The rest are generated in batches
-    whose boundaries are fixed over the full, length-sorted list of ``records`` (longest first: the memory peak
-    shows in the first batch and the progress estimate errs on the slow side). Because a batch is always the same
-    set of prompts, an interrupted and resumed run writes the same rows as an uninterrupted one: a batch with any
-    missing row is regenerated whole and only its missing rows are appended.
+    Rows already in the file whose templated prompt is unchanged are reused; the rest are answered by the engine
+    and appended in the file's order (longest prompt first), each once it and all rows before it are finished, so
+    an interrupted and resumed run writes the rows of an uninterrupted one, in the same order.
 
     ``header`` (suite, model, fingerprint) is written as the file's first line and must match on reuse;
-    ``gold`` / ``category`` give the scoring fields stored per row; ``after_batch(i)`` is called after batch ``i``
-    was written (tests inject an interruption there).
+    ``gold`` / ``category`` give the scoring fields stored per row; ``after_batch(i)`` is called after the i-th
+    commit of rows (tests inject an interruption there).
     """
-    path = Path(path)
-    if len({record.id for record in records}) != len(records):
-        raise ValueError("record ids must be unique within a suite (they key the generations file)")
-    header = {**(header or {}), "settings": asdict(settings), "format": FORMAT_VERSION}
-    done: dict[str, Generation] = {}
-    if path.exists() and path.stat().st_size > 0:
-        existing = read_generations(path)
-        # Only the cache key must match; "model" may be spelled differently for the same weights ("default", "base").
-        if any(existing.header.get(key) != header.get(key) for key in KEY_FIELDS):
-            raise ValueError(
-                f"{path} was written for {existing.header}, not {header}; delete it or use another output directory"
-            )
-        done = existing.rows
-        _drop_torn_tail(path)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
-
-    texts = [render_prompt(tokenizer, record) for record in records]
-    shas = [_sha(text) for text in texts]
-    fresh = [i for i, record in enumerate(records) if record.id not in done or done[record.id].prompt_sha != shas[i]]
-    # Every prompt is tokenised (cheap), cached or not, so that batch boundaries never depend on the cache.
-    encoded: list[list[int]] = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    lengths = [len(tokens) for tokens in encoded]
-    order = sorted(range(len(records)), key=lambda i: (-lengths[i], i))
-    pending = set(fresh)
-    model.eval()
-    with (
-        tqdm(
-            total=len(pending), desc=str(header.get("suite", "generate")), unit="prompt", disable=not progress
-        ) as bar,
-        open(path, "a", encoding="utf-8") as handle,
-    ):
-        for number, batch in enumerate(_batches(order, settings.batch_size)):
-            missing = [i for i in batch if i in pending]
-            if not missing:
-                continue
-            answers = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings.max_new_tokens)
-            for i, (response, new_tokens, stopped) in zip(batch, answers, strict=True):
-                if i not in pending:
-                    continue
-                record = records[i]
-                row = Generation(
-                    id=record.id,
-                    prompt=record.prompt,
-                    response=response,
-                    prompt_sha=shas[i],
-                    prompt_tokens=lengths[i],
-                    new_tokens=new_tokens,
-                    stopped=stopped,
-                    category=category(record) if category else None,
-                    gold=gold(record) if gold else None,
-                )
-                handle.write(row.to_json() + "\n")
-                done[record.id] = row
-            # One flush + fsync per batch: a kill loses at most the batch in flight, never a finished one.
-            handle.flush()
-            os.fsync(handle.fileno())
-            bar.update(len(missing))
-            if after_batch is not None:
-                after_batch(number)
-    return [done[record.id] for record in records], len(fresh)
+    job = SuiteJob(records, Path(path), settings, header, gold, category)
+    return generate_suites(model, tokenizer, [job], progress=progress, after_batch=after_batch)[0]

@@ -12,77 +12,146 @@ Three modes of the one command:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from tokensafe.config import option
-from tokensafe.eval.generate import GenerationSettings, generate_suite, generations_path, read_generations
+from tokensafe.atomic import write_json, write_jsonl, write_text
+from tokensafe.config import (
+    Checked,
+    ConfigError,
+    check_data_dir,
+    check_dir,
+    check_file,
+    check_model_spec,
+    option,
+    require,
+    save_config,
+)
+from tokensafe.eval.generate import (
+    GenerationSettings,
+    SuiteJob,
+    generate_suites,
+    generations_path,
+    read_generations,
+)
 from tokensafe.eval.judges import APIJudge, ClassifierJudge, Judge, KeywordJudge
 from tokensafe.eval.metrics import cohen_kappa
 from tokensafe.eval.report import compare_results, results_table
-from tokensafe.eval.suites import SUBSET_MODES, Suite, get_suite, score_generations
+from tokensafe.eval.suites import Suite, get_suite, score_generations
 from tokensafe.models import DEFAULT_MODEL, load_model, model_fingerprint
 
-JUDGE_KINDS = ("keyword", "classifier", "api")
+JudgeKind = Literal["keyword", "classifier", "api"]
+JUDGE_KINDS: tuple[str, ...] = get_args(JudgeKind)
+JudgeTemplateName = Literal["llama_guard_3", "harmbench_cls"]
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """`tokensafe eval`: safety (ASR), over-refusal and utility suites for one model, or compare / agreement."""
 
     model: str = option(DEFAULT_MODEL, "model spec: default, a .gguf file, an HF or LoRA-adapter directory, a name")
-    name: str | None = option(None, "name of this model in results and tables (default: derived from --model)")
+    name: str | None = option(
+        None, "name of this model in results and tables (default: derived from --model)", safe_name=True
+    )
     suites: list[str] = option(
         ["jbb_harmful", "xstest_safe", "sst2"],
         "comma-separated suites, each optionally with its own prompt count as name:N (e.g. sst2:200); available: "
         "advbench, harmbench, harmbench_contextual, jbb_harmful, strongreject, xstest_safe, jbb_benign, gsm8k, "
         "sst2, agnews",
     )
-    limit: int | None = option(None, "prompts per suite (suites without their own :N); None = all")
-    subset: str = option("random", "which prompts a limit keeps: 'random' (seeded, nested as N grows) or 'first'")
+    limit: int | None = option(None, "prompts per suite (suites without their own :N); None = all", ge=1)
+    subset: Literal["random", "first"] = option(
+        "random", "which prompts a limit keeps: 'random' (seeded, nested as N grows) or 'first'"
+    )
     seed: int = option(0, "seed of the random subset")
-    judge: str = option("keyword", "safety judge: keyword, classifier (local model) or api (OpenAI-compatible)")
+    judge: JudgeKind = option("keyword", "safety judge: keyword, classifier (local model) or api (OpenAI-compatible)")
     judge_model: str | None = option(None, "classifier: local model directory; api: the model name")
-    judge_template: str = option("llama_guard_3", "classifier/api prompt template: llama_guard_3 or harmbench_cls")
+    judge_template: JudgeTemplateName = option(
+        "llama_guard_3", "classifier/api prompt template: llama_guard_3 or harmbench_cls"
+    )
     judge_api_base: str | None = option(None, "api judge base URL, e.g. http://localhost:8000/v1")
     judge_api_key_env: str | None = option(None, "environment variable holding the api judge key (None: no key)")
-    judge_batch_size: int = option(8, "classifier judge batch size")
-    batch_size: int = option(16, "generation batch size (part of the generations cache key)")
+    judge_batch_size: int = option(8, "classifier judge batch size", ge=1)
+    batch_size: int = option(
+        64, "generation engine width: rows decoded together (part of the generations cache key)", ge=1
+    )
+    stop_at_refusal: bool = option(
+        False,
+        "end an answer at its first refusal phrase where the keyword judge scores it (over-refusal suites, and "
+        "safety suites under --judge keyword): same verdicts, fewer tokens; the stored answers are cut",
+    )
     max_new_tokens: int | None = option(
-        None, "tokens to generate for every suite; None = per suite (safety 128, sst2/agnews 16, gsm8k 256)"
+        None, "tokens to generate for every suite; None = per suite (safety 128, sst2/agnews 16, gsm8k 256)", ge=1
     )
     data_dir: str | None = option(None, "dataset directory (default: $TOKENSAFE_DATA_DIR, else the hub)")
     harmbench_path: str | None = option(None, "harmbench_behaviors_text_*.csv for the harmbench suites")
     strongreject_path: str | None = option(None, "strongreject_dataset.csv for the strongreject suite")
     output_dir: str = option("runs/eval", "results, tables, scored items and the generations cache go here")
     cache_dir: str | None = option(None, "cache root for converted models")
-    threads: int = option(0, "torch CPU threads (0 = torch default)")
+    threads: int = option(0, "torch CPU threads (0 = torch default)", ge=0)
     progress: bool = option(True, "show a progress bar while generating")
     compare: list[str] = option([], "compare mode: comma-separated results JSON files to print side by side")
     by_category: bool = option(False, "compare mode: add a row per category under each suite")
     agreement: str | None = option(None, "agreement mode: a generations JSONL file to judge with judge and judge_b")
-    judge_b: str = option("classifier", "agreement mode: the second judge (keyword, classifier or api)")
+    judge_b: JudgeKind = option("classifier", "agreement mode: the second judge (keyword, classifier or api)")
     judge_b_model: str | None = option(None, "agreement mode: the second judge's model (like judge_model)")
-    judge_b_template: str | None = option(
+    judge_b_template: JudgeTemplateName | None = option(
         None, "agreement mode: the second judge's template (default: judge_template)"
     )
 
-    def __post_init__(self) -> None:
-        if self.subset not in SUBSET_MODES:
-            raise ValueError(f"subset must be one of {list(SUBSET_MODES)}, got {self.subset!r}")
-        for kind in (self.judge, self.judge_b):
-            if kind not in JUDGE_KINDS:
-                raise ValueError(f"judge must be one of {list(JUDGE_KINDS)}, got {kind!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    def _judges(self) -> list[tuple[str, str, str | None]]:
+        """(field, kind, model) of each judge this run builds: both in agreement mode, the safety judge when a
+        safety suite is evaluated, none for compare mode or utility-only suites."""
+        if self.compare:
+            return []
+        if self.agreement is not None:
+            return [("judge", self.judge, self.judge_model), ("judge_b", self.judge_b, self.judge_b_model)]
+        if any(parse_suite_spec(spec)[0].kind == "safety" for spec in self.suites):
+            return [("judge", self.judge, self.judge_model)]
+        return []
+
+    def _check(self) -> None:
+        if not self.compare and self.agreement is None:
+            require(bool(self.suites), "suites is empty: nothing to evaluate", field="suites")
         for spec in self.suites:
-            parse_suite_spec(spec)
+            try:
+                parse_suite_spec(spec)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="suites", hint="`tokensafe eval --help` lists the suites") from None
+        for field, kind, model in self._judges():
+            require(
+                kind == "keyword" or model is not None,
+                f"the {kind} {field} needs a model (--{field}_model)",
+                field=f"{field}_model",
+                hint="a local classifier directory for classifier, the served model's name for api",
+            )
+            require(
+                kind != "api" or self.judge_api_base is not None,
+                f"the api {field} needs --judge_api_base",
+                field="judge_api_base",
+                hint="e.g. --judge_api_base http://localhost:8000/v1",
+            )
+
+    def _check_inputs(self) -> None:
+        for path in self.compare:
+            check_file(path, "compare", "results file")
+        if self.compare:
+            return
+        if self.agreement is not None:
+            check_file(self.agreement, "agreement", "generations file")
+        else:
+            check_model_spec(self.model, "model", self.cache_dir)
+            check_data_dir(self.data_dir)
+            check_file(self.harmbench_path, "harmbench_path")
+            check_file(self.strongreject_path, "strongreject_path")
+        for field, kind, model in self._judges():
+            if kind == "classifier":
+                check_dir(model, f"{field}_model", "classifier model directory")
 
 
 def parse_suite_spec(spec: str) -> tuple[Suite, int | None]:
@@ -94,6 +163,14 @@ def parse_suite_spec(spec: str) -> tuple[Suite, int | None]:
     if not count.strip().isdigit() or int(count) < 1:
         raise ValueError(f"suite spec {spec!r}: the count after ':' must be a positive integer")
     return suite, int(count)
+
+
+def stops_at_refusal(cfg: EvalConfig, suite: Suite) -> bool:
+    """Whether ``suite``'s answers may end at their first refusal phrase: only where the keyword judge scores them
+    (over-refusal suites always, safety suites under ``--judge keyword``); a model-based judge reads whole answers."""
+    if not cfg.stop_at_refusal:
+        return False
+    return suite.kind == "over_refusal" or (suite.kind == "safety" and cfg.judge == "keyword")
 
 
 def default_name(model: str) -> str:
@@ -147,8 +224,7 @@ class EvalResult:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    write_jsonl(path, rows)
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
@@ -160,39 +236,47 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         torch.set_num_threads(cfg.threads)
     output = Path(cfg.output_dir)
     name = cfg.name or default_name(cfg.model)
+    save_config(cfg, output / name / "config.yaml")  # at the start: a killed evaluation still says what it was
     fingerprint = model_fingerprint(cfg.model, cfg.cache_dir)
     specs = [parse_suite_spec(spec) for spec in cfg.suites]
     # Built before any generation so a misconfigured judge fails in seconds, not after an hour of generating.
     needs_judge = any(suite.kind == "safety" for suite, _ in specs)
     judge = build_judge(cfg.judge, cfg.judge_model, cfg.judge_template, cfg) if needs_judge else None
-    loaded: tuple[Any, Any] | None = None  # the model loads only when some suite has answers left to generate
-    entries: dict[str, Any] = {}
+    # Every suite's file is planned first; then one model load and one engine stream answer what is missing in all
+    # of them (a batch kept full across suites), and only then is each suite judged.
+    jobs: list[SuiteJob] = []
+    limits: list[int | None] = []
+    cached: list[dict[str, Any]] = []  # rows already in each suite's generations file, by id
     for suite, own_limit in specs:
         limit = own_limit if own_limit is not None else cfg.limit
         path_option = getattr(cfg, suite.path_option) if suite.path_option else None
         records = suite.load(data_dir=cfg.data_dir, path=path_option, limit=limit, seed=cfg.seed, subset=cfg.subset)
-        settings = GenerationSettings(cfg.max_new_tokens or suite.max_new_tokens, cfg.batch_size)
+        settings = GenerationSettings(
+            cfg.max_new_tokens or suite.max_new_tokens, cfg.batch_size, stop_at_refusal=stops_at_refusal(cfg, suite)
+        )
         gen_path = generations_path(output, suite.name, fingerprint, settings)
         header = {"suite": suite.name, "model": cfg.model, "fingerprint": fingerprint}
-        existing = read_generations(gen_path).rows if gen_path.exists() and gen_path.stat().st_size else {}
-        # Without the tokenizer the templated-prompt hash cannot be checked, so the cheaper test is the prompt
-        # text; generate_suite re-checks the hash whenever the model is loaded anyway.
-        if loaded is None and any(r.id not in existing or existing[r.id].prompt != r.prompt for r in records):
-            loaded = load_model(cfg.model, cache_dir=cfg.cache_dir, padding_side="left")
-        t0 = time.time()
-        if loaded is not None:
-            generations, generated = generate_suite(
-                *loaded,
-                records,
-                gen_path,
-                settings,
-                header=header,
-                gold=suite.gold,
-                category=suite.category,
-                progress=cfg.progress,
-            )
-        else:
-            generations, generated = [existing[r.id] for r in records], 0
+        jobs.append(SuiteJob(records, gen_path, settings, header, suite.gold, suite.category))
+        limits.append(limit)
+        cached.append(read_generations(gen_path).rows if gen_path.exists() and gen_path.stat().st_size else {})
+    # Without the tokenizer the templated-prompt hash cannot be checked, so the cheaper test is the prompt text;
+    # generate_suites re-checks the hash whenever the model is loaded anyway.
+    missing = any(
+        r.id not in rows or rows[r.id].prompt != r.prompt
+        for job, rows in zip(jobs, cached, strict=True)
+        for r in job.records
+    )
+    t0 = time.time()
+    if missing:  # the model loads only when some suite has answers left to generate
+        model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir, padding_side="left")
+        outcomes = generate_suites(model, tokenizer, jobs, progress=cfg.progress)
+        del model
+    else:
+        outcomes = [([rows[r.id] for r in job.records], 0) for job, rows in zip(jobs, cached, strict=True)]
+    generate_seconds = round(time.time() - t0, 1)
+    entries: dict[str, Any] = {}
+    for (suite, _), job, limit, (generations, generated) in zip(specs, jobs, limits, outcomes, strict=True):
+        settings, gen_path = job.settings, job.path
         t1 = time.time()
         score = score_generations(suite, generations, judge)
         t2 = time.time()
@@ -222,10 +306,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "limit": limit,
             "max_new_tokens": settings.max_new_tokens,
             "truncated": sum(g.stopped == "length" for g in generations),
+            "early_stopped": sum(g.stopped == "early" for g in generations),
             "generated": generated,
             "generations": str(gen_path),
             "scored": str(scored_path),
-            "seconds": {"generate": round(t1 - t0, 1), "judge": round(t2 - t1, 1)},
+            # One stream answers every suite, so "generate" is that stream's time, the same for each suite.
+            "seconds": {"generate": generate_seconds, "judge": round(t2 - t1, 1)},
         }
         print(f"{suite.name}: {score.metric} {score.rate.value:.3f} (n={score.rate.n})", flush=True)
     results = {
@@ -234,14 +320,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "fingerprint": fingerprint,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.time() - start, 1),
+        "generate_seconds": generate_seconds,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("compare", "by_category", "agreement")},
         "suites": entries,
     }
-    output.mkdir(parents=True, exist_ok=True)
     results_path = output / f"{name}.json"
-    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(results_path, results)
     table = results_table([results], by_category=True)
-    (output / f"{name}.md").write_text(table, encoding="utf-8")
+    write_text(output / f"{name}.md", table)
     return EvalResult(results, results_path, table)
 
 
