@@ -17,7 +17,6 @@ full fp32 safetensors model under ``<cache>/models/<name>`` so later commands re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -25,56 +24,76 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tokensafe.config import option, save_config
+from tokensafe.atomic import write_json
+from tokensafe.config import check_data_dir, check_model_spec, check_source, option, require, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
 from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import TASKS
-from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model, model_fingerprint, models_dir
+from tokensafe.digests import digest
+from tokensafe.models import (
+    BUNDLED_NAME,
+    DEFAULT_ALIASES,
+    DEFAULT_MODEL,
+    LoraArgs,
+    apply_lora,
+    load_model,
+    model_fingerprint,
+    models_dir,
+)
 from tokensafe.paths import cache_dir as resolve_cache_dir
-from tokensafe.train import OptimArgs, train_model
+from tokensafe.preference import (
+    PreferenceArgs,
+    add_recovery_examples,
+    build_preference_data,
+    preference_stage,
+    run_preference_only,
+)
+from tokensafe.train import OptimArgs, SchedulerName, resolve_resume, run_record, train_model
 
 EVALUATION_ONLY_SOURCES = (("jbb_harmful", None), ("jbb_benign", None), ("xstest", None))
 
 
 @dataclass
-class AlignConfig(LoraArgs, OptimArgs):
+class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
     """`tokensafe align`: refusal SFT of a model; the result is saved as a named model."""
 
     output_dir: str = option("runs/align", "where the training log and the summary are written")
-    epochs: float = option(1.0, "number of epochs")
-    batch_size: int = option(8, "per-device micro-batch size")
-    learning_rate: float = option(3e-4, "peak learning rate")
-    lr_scheduler: str = option("cosine", "transformers scheduler name")
+    epochs: float = option(1.0, "number of epochs", gt=0)
+    batch_size: int = option(8, "per-device micro-batch size", ge=1)
+    learning_rate: float = option(3e-4, "peak learning rate", gt=0)
+    lr_scheduler: SchedulerName = option("cosine", "transformers learning-rate schedule")
     # Off by default although it trains ~40% faster: batches of one length are batches of one kind of sample
     # (short refusals, longer self-answers), and the result over-refused more (measured in configs/align/default.yaml).
     group_by_length: bool = option(False, "batch samples of similar length together (less padding, see above)")
-    warmup_ratio: float = option(0.05, "share of steps used for linear warm-up")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)")
+    warmup_ratio: float = option(0.05, "share of steps used for linear warm-up", ge=0, le=1)
+    lora_r: int = option(16, "LoRA rank", ge=1)
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r)", gt=0)
     lora_target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "modules with adapters"
     )
     model: str = option(DEFAULT_MODEL, "model to align (it stays available as the 'base')")
-    name: str = option("aligned", "name of the saved aligned model (<cache>/models/<name>)")
+    name: str = option("aligned", "name of the saved aligned model (<cache>/models/<name>)", safe_name=True)
     data_dir: str | None = option(None, "local dataset directory (else $TOKENSAFE_DATA_DIR)")
     cache_dir: str | None = option(None, "cache root for models and tokenised data")
     harmful_prompt_source: str = option("harmful_train", "prompt-only harmful instructions paired with refusals")
-    n_harmful_prompts: int = option(200, "how many of them to use")
+    n_harmful_prompts: int = option(200, "how many of them to use", ge=0)
     safe_answer_source: str | None = option("safe_behaviors", "harmful prompts with published safe answers (or none)")
-    n_safe_answers: int = option(50, "how many of those to use")
+    n_safe_answers: int = option(50, "how many of those to use", ge=0)
     benign_source: str = option("harmless_train", "benign instructions answered by the model itself")
-    n_benign: int = option(150, "how many benign instructions")
-    n_borderline: int = option(197, "how many of the project's borderline-but-safe prompts (0-197)")
+    n_benign: int = option(150, "how many benign instructions", ge=0)
+    n_borderline: int = option(197, "how many of the project's borderline-but-safe prompts (0-197)", ge=0)
     n_twins: int = option(
-        0, "how many of the project's benign instructions in harmful-dataset format ('Write a tutorial on ...', 0-125)"
+        0,
+        "how many of the project's benign instructions in harmful-dataset format ('Write a tutorial on ...', 0-125)",
+        ge=0,
     )
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
-    n_task: int = option(300, "how many task prompts (answers kept per task_answers)")
-    task_answers: str = option(
+    n_task: int = option(300, "how many task prompts (answers kept per task_answers)", ge=0)
+    task_answers: Literal["self", "correct", "balanced"] = option(
         "balanced",
         "self: train on every self-answer to a task prompt; correct: only on those naming the gold label "
         "(rejection-sampled self-distillation: still the model's own words, but it does not learn its own mistakes); "
@@ -83,12 +102,43 @@ class AlignConfig(LoraArgs, OptimArgs):
     drop_refusing_self_answers: bool = option(
         True, "leave out self-answers to benign/borderline prompts that the keyword judge calls refusals"
     )
-    self_answer_repeat: int = option(1, "how many times each self-answered sample appears (weighs benign vs refusal)")
-    self_answer_max_tokens: int = option(64, "max new tokens of the model's own (greedy) answers")
+    self_answer_repeat: int = option(
+        1, "how many times each self-answered sample appears (weighs benign vs refusal)", ge=1
+    )
+    self_answer_max_tokens: int = option(64, "max new tokens of the model's own (greedy) answers", ge=1)
     # Decoding on CPU is bound by reading the weights once per step, so a wide batch costs little more per step.
-    generation_batch_size: int = option(64, "batch size for generating the model's own answers")
-    max_length: int = option(256, "max tokens per training sample")
+    generation_batch_size: int = option(64, "batch size for generating the model's own answers", ge=1)
+    max_length: int = option(256, "max tokens per training sample", ge=1)
     merge: bool = option(True, "merge the LoRA adapter and save a full model (needed to use it as a named model)")
+
+    def _check(self) -> None:
+        # The name becomes <cache>/models/<name>, which the final rename replaces: a default alias would shadow the
+        # bundled model and "models" / "." style names are refused by safe_name already.
+        require(
+            self.name not in {*DEFAULT_ALIASES, f"{BUNDLED_NAME}-tokenizer"},
+            f"name {self.name!r} is reserved for the bundled model",
+            field="name",
+            hint="choose another name, e.g. --name aligned",
+        )
+        check_source(self.harmful_prompt_source, "harmful_prompt_source")
+        check_source(self.safe_answer_source, "safe_answer_source")
+        check_source(self.benign_source, "benign_source")
+        check_source(self.task_source, "task_source")
+        if self.task_answers != "self" and self.task_source is not None and self.n_task > 0:
+            from tokensafe.data.tasks import TASKS
+
+            task = TASKS.get(self.task_source)
+            labelled = ", ".join(t for t in TASKS if TASKS[t].labels)
+            require(
+                task is not None and bool(task.labels),
+                f"task_answers {self.task_answers!r} needs a classification task, not {self.task_source!r}",
+                field="task_answers",
+                hint=f"use task_answers: self, or a task_source among {labelled}",
+            )
+
+    def _check_inputs(self) -> None:
+        check_model_spec(self.model, "model", self.cache_dir)
+        check_data_dir(self.data_dir)
 
 
 def normalise_prompt(text: str) -> str:
@@ -238,39 +288,44 @@ def keep_task_answers(mode: str, task_name: str, records: list[Record], answers:
 
 
 def generate_self_answers(cfg: AlignConfig, model: Any, tokenizer: Any, prompts: list[Record]) -> list[str]:
-    """The model's own greedy answers, batched over length-sorted prompts (less padding), in input order.
+    """The model's own greedy answers (the generation engine, ``generation_batch_size`` rows wide), in input order.
 
     Answers are cached on disk per prompt under (model fingerprint, max tokens): re-running `align` with other data
-    sizes or training settings only generates the new prompts, and an interrupted generation resumes.
+    sizes or training settings only generates the new prompts, and an interrupted generation resumes (each answer is
+    appended as soon as it is finished).
     """
     from tqdm.auto import tqdm
 
-    from tokensafe.eval.generate import generate_batch, render_prompt
+    from tokensafe.eval.engine import greedy_answers
+    from tokensafe.eval.generate import render_prompt
 
     keys = [prompt_key(r) for r in prompts]
-    settings = hashlib.sha256(
-        json.dumps([model_fingerprint(cfg.model, cfg.cache_dir), cfg.self_answer_max_tokens]).encode()
-    ).hexdigest()[:16]
+    # The decoding loop is part of the key: the engine's rows meet other neighbours than generate_batch's fixed
+    # batches, which can flip a near-tied argmax (answers of the old loop are not reused).
+    settings = digest(
+        "self-answers", "engine-v1", model_fingerprint(cfg.model, cfg.cache_dir), cfg.self_answer_max_tokens
+    )
     cache_file = resolve_cache_dir(cfg.cache_dir) / "align" / f"self_answers-{settings}.jsonl"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     answers = read_cached_answers(cache_file)
     encoded = [tokenizer(render_prompt(tokenizer, r), add_special_tokens=False)["input_ids"] for r in prompts]
-    order = sorted((i for i in range(len(prompts)) if keys[i] not in answers), key=lambda i: len(encoded[i]))
+    todo = [i for i in range(len(prompts)) if keys[i] not in answers]
     model.eval()
-    with open(cache_file, "a", encoding="utf-8") as handle:
-        for start in tqdm(range(0, len(order), cfg.generation_batch_size), desc="self-answers"):
-            chunk = order[start : start + cfg.generation_batch_size]
-            outputs = generate_batch(model, tokenizer, [encoded[i] for i in chunk], cfg.self_answer_max_tokens)
-            for i, (text, _, _) in zip(chunk, outputs, strict=True):
-                answers[keys[i]] = text
-                handle.write(json.dumps({"key": keys[i], "answer": text}) + "\n")
+    stream = greedy_answers(
+        model, tokenizer, {i: encoded[i] for i in todo}, cfg.self_answer_max_tokens, width=cfg.generation_batch_size
+    )
+    with open(cache_file, "a", encoding="utf-8") as handle, tqdm(total=len(todo), desc="self-answers") as bar:
+        for i, (text, _, _) in stream:
+            answers[keys[i]] = text
+            handle.write(json.dumps({"key": keys[i], "answer": text}) + "\n")
             handle.flush()
+            bar.update(1)
     return [answers[k] for k in keys]
 
 
 def prompt_key(record: Record) -> str:
     """Cache key of a prompt: its messages (so any subset of prompts reuses earlier answers)."""
-    return hashlib.sha256(json.dumps(record.prompt_messages, sort_keys=True).encode()).hexdigest()[:20]
+    return digest("prompt", record.prompt_messages, length=20)
 
 
 def read_cached_answers(cache_file: Path) -> dict[str, str]:
@@ -286,16 +341,27 @@ def read_cached_answers(cache_file: Path) -> dict[str, str]:
 
 
 def run_align(cfg: AlignConfig) -> dict[str, Any]:
+    from transformers import set_seed
+
+    if not cfg.refusal_sft:  # the preference stage alone, on an already aligned model
+        return run_preference_only(cfg)
+    resolve_resume(cfg, run_record(cfg))  # a missing or foreign checkpoint fails before any model loads
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")  # at the start: a killed run still says what it was
     start = time.time()
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
     records, provenance = build_alignment_records(cfg, model, tokenizer)
+    # Preference pairs and recovery examples need the base model's own answers: built before any training.
+    extra = build_preference_data(cfg, model, tokenizer) if cfg.extends_align else None
     generated_at = time.time()
     dataset, stats = build_tokenized_dataset(records, tokenizer, cfg.max_length, cache_dir=cfg.cache_dir)
+    dataset = add_recovery_examples(dataset, extra, tokenizer, cfg.max_length)
+    set_seed(cfg.seed)  # the LoRA initialisation is drawn here: same seed and data, same model on every run
     model = apply_lora(model, cfg)
     trainer, loss_log = train_model(model, tokenizer, dataset, cfg)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if cfg.use_lora and cfg.merge:
         trained = trained.merge_and_unload()
+    trained, preference = preference_stage(trained, tokenizer, extra, cfg)
     target = models_dir(cfg.cache_dir) / cfg.name
     tmp = target.with_name(f".{cfg.name}.saving")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -307,16 +373,17 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
         "base_model": cfg.model,
         "base_fingerprint": model_fingerprint(cfg.model, cfg.cache_dir),
         "trained_on": provenance,
+        "preference_and_recovery": extra.provenance if extra else None,
+        "preference_stage": preference,
         "data": stats.__dict__,
         "losses": [h["loss"] for h in loss_log.history],
         "seconds_self_answers": round(generated_at - start, 1),
         "seconds_total": round(time.time() - start, 1),
     }
-    (tmp / "tokensafe_align.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(tmp / "tokensafe_align.json", summary)
     save_config(cfg, tmp / "align_config.yaml")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.output_dir) / "align_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(Path(cfg.output_dir) / "align_summary.json", summary)
     return summary

@@ -1,0 +1,294 @@
+"""`tokensafe align` extras: preference pairs (TRL DPO stage) and deep-alignment recovery examples."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from peft import PeftModel
+
+import tokensafe.align as align
+import tokensafe.preference as preference
+from tokensafe.align import AlignConfig, normalise_prompt
+from tokensafe.config import ConfigError
+from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.records import Record, chat
+from tokensafe.data.sources import load_source
+from tokensafe.data.tokenize import IGNORE_INDEX, tokenize_chat
+from tokensafe.preference import (
+    PreferencePair,
+    build_preference_data,
+    build_recovery_examples,
+    completion_logps,
+    pairs_dataset,
+    tokenize_pair,
+    tokenize_recovery,
+    train_preference,
+)
+
+REFUSAL = "I'm sorry, but I cannot help with that."
+COMPLIANT = "Sure, here is a detailed plan. First, gather the materials you need. Second, follow these steps."
+
+
+def pref_config(data_dir, tmp_path, **overrides) -> AlignConfig:
+    settings = dict(
+        data_dir=str(data_dir),
+        output_dir=str(tmp_path / "align"),
+        preference=True,
+        pref_n_harmful=5,
+        pref_n_benign=4,
+        pref_n_borderline=3,
+        pref_n_twins=3,
+        recovery_n=4,
+        recovery_max_prefix=6,
+    )
+    settings.update(overrides)
+    return AlignConfig(**settings)
+
+
+def blocked_keys(data_dir) -> set[str]:
+    """Evaluation and selection prompts, read independently of the code under test."""
+    records = [r for name in ("jbb_harmful", "jbb_benign", "xstest") for r in load_source(name, data_dir=data_dir)]
+    records += load_source("harmful_val", data_dir=data_dir, split="val")
+    records += load_source("harmless_val", data_dir=data_dir, split="val")
+    records += borderline_records("val") + twin_records("val")
+    return {normalise_prompt(r.prompt) for r in records}
+
+
+def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
+    data_dir, tiny_model, tokenizer, tmp_path, monkeypatch
+):
+    data = str(data_dir)
+    leaks = {
+        "harmful_train": load_source("jbb_harmful", data_dir=data)[:2] + load_source("harmful_val", data_dir=data)[:2],
+        "harmless_train": load_source("jbb_benign", data_dir=data)[:2]
+        + load_source("harmless_val", data_dir=data)[:2],
+    }
+    real_load = preference.load_source
+
+    def leaky_load(name, **kwargs):  # evaluation and selection prompts, with case/space changes, first in line
+        records = real_load(name, **kwargs)
+        smuggled = [Record(f"leak/{i}", chat(" " + r.prompt.upper()), "x") for i, r in enumerate(leaks.get(name, []))]
+        return smuggled + records[:6] if smuggled else records
+
+    def leaky_prompts(real):
+        def load(split="train"):
+            records = real(split)
+            return real("val")[:2] + records if split == "train" else records
+
+        return load
+
+    monkeypatch.setattr(preference, "load_source", leaky_load)
+    monkeypatch.setattr(preference, "borderline_records", leaky_prompts(borderline_records))
+    monkeypatch.setattr(preference, "twin_records", leaky_prompts(twin_records))
+    harmful_prompts = {normalise_prompt(r.prompt) for r in leaky_load("harmful_train", data_dir=data)}
+    answered: dict[str, str] = {}
+
+    def fake_answers(cfg, model, tok, prompts):
+        answers = []
+        for i, p in enumerate(prompts):
+            harmful = normalise_prompt(p.prompt) in harmful_prompts
+            # The first harmful and the first benign prompt get a refusal: those pairs must be dropped.
+            first = i == 0 or (not harmful and normalise_prompt(prompts[i - 1].prompt) in harmful_prompts)
+            answers.append(REFUSAL if first else (f"{COMPLIANT} ({i})" if harmful else f"Happy to help ({i})."))
+            answered[normalise_prompt(p.prompt)] = answers[-1]
+        return answers
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    built = build_preference_data(pref_config(data_dir, tmp_path), tiny_model, tokenizer)
+
+    blocked = blocked_keys(data_dir)
+    assert built.provenance["evaluation_or_selection_prompts_removed"] == 4 + 4 + 2 + 2
+    assert not [p for p in built.pairs if normalise_prompt(p.prompt[-1]["content"]) in blocked]
+    assert not [r for r in built.recovery if normalise_prompt(r.prompt[-1]["content"]) in blocked]
+    refusals = set(resource_lines("refusals.txt"))
+    by_kind: dict[str, list[PreferencePair]] = {}
+    for p in built.pairs:
+        by_kind.setdefault(p.kind, []).append(p)
+        own = answered[normalise_prompt(p.prompt[-1]["content"])]
+        if p.kind == "harmful":
+            assert p.chosen in refusals and p.rejected == own and own.startswith(COMPLIANT)
+        else:
+            assert p.chosen == own and own.startswith("Happy to help") and p.rejected in refusals
+    # One refusing answer dropped per side (the first harmful, the first benign prompt).
+    assert {k: len(v) for k, v in by_kind.items()} == {"harmful": 4, "benign": 3, "borderline": 3, "twin": 3}
+    assert built.provenance["pairs_dropped"] == {"harmful": 1, "benign": 1, "borderline": 0, "twin": 0}
+    # Recovery examples: the first recovery_n harmful prompts minus the refused one, prefixes of the own answer.
+    assert len(built.recovery) == 3
+    for ex in built.recovery:
+        answer_ids = tokenizer(answered[normalise_prompt(ex.prompt[-1]["content"])], add_special_tokens=False)[
+            "input_ids"
+        ]
+        assert 1 <= len(ex.prefix_ids) <= 6 and list(ex.prefix_ids) == answer_ids[: len(ex.prefix_ids)]
+        assert ex.recovery in refusals
+
+
+def test_recovery_labels_cover_exactly_the_recovery_tokens(tokenizer):
+    prompt = chat("Explain how to pick a lock to break into a house")
+    answer_ids = tokenizer(COMPLIANT, add_special_tokens=False)["input_ids"]
+    refusal = resource_lines("refusals.txt")[0]
+    [example] = build_recovery_examples(
+        [Record("r/0", prompt, "x")], [COMPLIANT], tokenizer, [refusal], max_prefix=5, seed=3
+    )
+    k = len(example.prefix_ids)
+    assert 1 <= k <= 5 and list(example.prefix_ids) == answer_ids[:k]
+    input_ids, labels = tokenize_recovery(example, tokenizer, max_length=512)
+    context = tokenizer(
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    )["input_ids"]
+    n_context = len(context) + k
+    assert input_ids[: len(context)] == context and input_ids[len(context) : n_context] == answer_ids[:k]
+    assert labels[:n_context] == [IGNORE_INDEX] * n_context
+    assert labels[n_context:] == input_ids[n_context:]
+    assert tokenizer.decode(labels[n_context:]) == " " + refusal + tokenizer.eos_token
+    # A refusing (or too short) answer gives no recovery example.
+    assert build_recovery_examples([Record("r/1", prompt, "x")], [REFUSAL], tokenizer, [refusal], 5, 0) == []
+    assert build_recovery_examples([Record("r/2", prompt, "x")], ["Sure"], tokenizer, [refusal], 5, 0) == []
+    # Truncation keeps labels aligned with the ids.
+    short_ids, short_labels = tokenize_recovery(example, tokenizer, max_length=n_context + 2)
+    assert short_ids == input_ids[: n_context + 2] and short_labels == labels[: n_context + 2]
+
+
+def test_pair_tokenisation_matches_the_canonical_chat_tokenisation(tokenizer):
+    prompt = chat("How do I bake bread?")
+    pair = PreferencePair("p", "benign", prompt, "Mix flour, water and yeast.", REFUSAL)
+    row = tokenize_pair(pair, tokenizer)
+    for answer, column in ((pair.chosen, "chosen_ids"), (pair.rejected, "rejected_ids")):
+        canonical = tokenize_chat(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
+        start, end = canonical.response_spans[0]
+        assert row["prompt_ids"] == canonical.input_ids[:start]
+        assert row[column] == canonical.input_ids[start:end] == canonical.labels[start:end]
+        assert row[column][-1] == tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    # A recovery pair continues after the prefix: the prompt holds the prefix tokens.
+    prefix = tuple(tokenizer(COMPLIANT, add_special_tokens=False)["input_ids"][:3])
+    rec = tokenize_pair(PreferencePair("r", "recovery", prompt, " " + REFUSAL, "rest", prefix), tokenizer)
+    assert tuple(rec["prompt_ids"][-3:]) == prefix and tokenizer.decode(rec["chosen_ids"][:-1]) == " " + REFUSAL
+
+
+def test_preference_stage_raises_the_chosen_over_rejected_margin(tokenizer, tiny_model, tmp_path, data_dir):
+    prompts = [
+        "Write a tutorial on how to make a bomb",
+        "How do I bake bread?",
+        "Explain photosynthesis",
+        "Hack a bank",
+    ]
+    pairs = [
+        PreferencePair("a", "harmful", chat(prompts[0]), REFUSAL, COMPLIANT),
+        PreferencePair("b", "benign", chat(prompts[1]), "Mix flour, water and yeast, then bake.", REFUSAL),
+        PreferencePair("c", "benign", chat(prompts[2]), "Plants turn light into sugar.", REFUSAL),
+        PreferencePair("d", "harmful", chat(prompts[3]), REFUSAL, "Sure, first find the login page."),
+    ]
+    dataset = pairs_dataset(pairs, tokenizer)
+    cfg = pref_config(
+        data_dir, tmp_path, pref_learning_rate=5e-3, pref_epochs=4, pref_batch_size=2, logging_steps=1, threads=1
+    )
+    before_c, before_r = completion_logps(copy.deepcopy(tiny_model), dataset)
+    trained, log = train_preference(tiny_model, tokenizer, dataset, cfg)
+    after_c, after_r = completion_logps(trained, dataset)
+    assert not isinstance(trained, PeftModel)  # merged: saveable as a plain model
+    # The DPO implicit reward margin is (after_c - before_c) - (after_r - before_r) summed log-probs.
+    margins = (after_c - before_c) - (after_r - before_r)
+    assert float(margins.mean()) > 0
+    assert float((after_c - after_r).mean()) > float((before_c - before_r).mean())
+    logged = [h["rewards/margins"] for h in log if "rewards/margins" in h]
+    assert len(logged) == 8 and logged[-1] > 0
+
+
+def test_recovery_pairs_need_the_preference_stage(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="recovery_pairs needs preference: true and recovery_n > 0"):
+        pref_config(data_dir, tmp_path, preference=False, recovery_pairs=True)
+    with pytest.raises(ConfigError, match="preference: true with LoRA needs merge: true"):
+        pref_config(data_dir, tmp_path, merge=False)
+    assert not AlignConfig().extends_align  # the old recipe stays the default
+
+
+def test_align_with_recovery_and_preference_saves_a_plain_model(
+    data_dir, tiny_model_dir, tokenizer, tmp_path, monkeypatch
+):
+    import json
+
+    from tokensafe.models import load_model
+
+    # A random tiny model's greedy answers are often empty: answer like the real base model does instead.
+    def fake_answers(cfg, model, tok, prompts):
+        return [COMPLIANT if "harmful" in p.source else "Happy to help." for p in prompts]
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+
+    cfg = pref_config(
+        data_dir,
+        tmp_path,
+        model=str(tiny_model_dir),
+        cache_dir=str(tmp_path / "cache"),
+        name="aligned-test",
+        n_harmful_prompts=4,
+        n_safe_answers=0,
+        n_benign=3,
+        n_borderline=2,
+        n_task=0,
+        self_answer_max_tokens=6,
+        pref_n_harmful=3,
+        pref_n_benign=2,
+        pref_n_borderline=1,
+        pref_n_twins=1,
+        recovery_n=3,
+        recovery_pairs=True,
+        batch_size=4,
+        pref_batch_size=2,
+        save_steps=0,
+        save_minutes=0,
+        threads=1,
+    )
+    summary = align.run_align(cfg)
+    extra = summary["preference_and_recovery"]
+    n_pairs = sum(extra["pairs"].values())
+    assert extra["pairs"]["recovery"] == extra["recovery_examples"] > 0
+    assert summary["preference_stage"]["pairs"] == n_pairs > 0
+    saved = json.loads((tmp_path / "cache" / "models" / "aligned-test" / "tokensafe_align.json").read_text())
+    assert saved["preference_stage"]["pairs"] == n_pairs
+    model, _ = load_model(summary["path"], cache_dir=cfg.cache_dir)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_preference_only_run_starts_from_the_given_model(data_dir, tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    seen: list[str] = []
+
+    def fake_answers(cfg, model, tok, prompts):
+        seen.append(cfg.model)  # the answers (and their cache key) are the pair-answers model's
+        return [COMPLIANT if "harmful" in p.source else "Happy to help." for p in prompts]
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    with pytest.raises(ConfigError, match="refusal_sft: false trains only the preference stage"):
+        pref_config(data_dir, tmp_path, refusal_sft=False, recovery_n=2)
+    cfg = pref_config(
+        data_dir,
+        tmp_path,
+        refusal_sft=False,
+        model=str(tiny_model_dir),
+        pair_answers_model="base-answers-model",
+        cache_dir=str(tmp_path / "cache"),
+        name="pref-only",
+        pref_n_harmful=2,
+        pref_n_benign=1,
+        pref_n_borderline=1,
+        pref_n_twins=1,
+        recovery_n=2,
+        recovery_pairs=True,
+        threads=1,
+    )
+    monkeypatch.setattr("tokensafe.models.load_model", lambda spec, cache_dir=None: _load_tiny(tiny_model_dir))
+    summary = align.run_align(cfg)
+    assert seen == ["base-answers-model"]
+    assert summary["preference_stage"]["pairs"] == 2 + 1 + 1 + 1 + 2
+    saved = json.loads((tmp_path / "cache" / "models" / "pref-only" / "tokensafe_align.json").read_text())
+    assert saved["start_model"] == str(tiny_model_dir) and "data" not in saved  # no SFT stage ran
+
+
+def _load_tiny(path):
+    from transformers import AutoModelForCausalLM
+
+    from tokensafe.models import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(path)), load_tokenizer(path)

@@ -1,0 +1,534 @@
+"""A preference stage and "deeper" refusal examples for `tokensafe align` (issue 16).
+
+Refusal SFT alone teaches a refusal that lives in the first answer tokens and a model that also refuses benign
+requests written like harmful ones. Two additions, both off by default (the old recipe is ``preference: false,
+recovery_n: 0``):
+
+- **Preference pairs** trained with TRL's ``DPOTrainer`` after the refusal SFT (reference = the SFT model, i.e. the
+  LoRA adapter disabled). Harmful prompt: chosen = a refusal template, rejected = the *base* model's own greedy
+  (compliant) answer. Benign prompt, borderline-but-safe prompt, benign "instruction twin": chosen = the base
+  model's own answer, rejected = a refusal. Pairs whose own answer is empty, or (for the benign kinds) a refusal by
+  the keyword judge, or (for harmful) not a compliance, are left out.
+- **Recovery examples** (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep"):
+  harmful prompt, then the first ``k`` tokens (``k`` uniform in 1..``recovery_max_prefix``) of the base model's
+  compliant answer as *context*, then a refusal; only the refusal (and the end-of-turn token) is labelled, so the
+  model learns to leave a compliant start instead of only to refuse at token 1. They join the SFT data.
+
+Why TRL and not a pair loss on ``TokenSafeTrainer``: DPO with a LoRA reference (adapter disabled), the pair
+collator and the DPO/SFT loss mix are exactly what ``DPOTrainer`` does; the only mismatch is its own tokenisation,
+so the pairs are tokenised here with the canonical ``tokenize_chat`` (``prompt_ids`` / ``chosen_ids`` /
+``rejected_ids``) and :class:`PretokenizedDPOTrainer` skips TRL's dataset preparation.
+
+No prompt of an evaluation suite (JailbreakBench, XSTest) or of a selection suite (``harmful_val``,
+``harmless_val``, ``borderline_val``, ``twins_val``) is ever used; such prompts are removed and counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from tokensafe.config import Checked, option, require
+from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.records import Message, Record
+from tokensafe.data.sources import load_source
+from tokensafe.data.tokenize import IGNORE_INDEX, render_chat, tokenize_chat
+from tokensafe.errors import UsageError
+
+# Sources and prompt files used only to choose settings (the selection suites of tokensafe.eval.suites).
+SELECTION_ONLY_SOURCES = ("harmful_val", "harmless_val")
+PAIR_KINDS = ("harmful", "benign", "borderline", "twin")
+
+
+@dataclass
+class PreferenceArgs(Checked):
+    """Settings of the preference stage and of the recovery examples (mixed into AlignConfig)."""
+
+    preference: bool = option(False, "after the refusal SFT, train a DPO stage (TRL) on chosen/rejected pairs")
+    refusal_sft: bool = option(
+        True,
+        "run the refusal SFT; false = only the preference stage, on --model (e.g. an existing 'aligned' model, which "
+        "is exactly the SFT stage of the same config), with pairs from --pair_answers_model's answers",
+    )
+    pair_answers_model: str | None = option(
+        None, "model whose own greedy answers build pairs and recovery examples (None = --model, the base)"
+    )
+    pref_n_harmful: int = option(150, "harmful prompts: chosen = refusal, rejected = the base model's answer", ge=0)
+    pref_n_benign: int = option(75, "benign prompts: chosen = the base model's answer, rejected = refusal", ge=0)
+    pref_n_borderline: int = option(75, "borderline-but-safe prompts (resources/align, train file) as benign", ge=0)
+    pref_n_twins: int = option(125, "benign instruction twins (resources/align, train file) as benign", ge=0)
+    pref_beta: float = option(0.1, "DPO beta (strength of the pull towards the reference)", gt=0)
+    pref_sft_weight: float = option(
+        0.0, "weight of TRL's 'sft' loss on the chosen answers added to the DPO loss (0 = plain DPO)", ge=0
+    )
+    pref_learning_rate: float = option(2e-4, "peak learning rate of the preference stage", gt=0)
+    pref_epochs: float = option(1.0, "epochs over the pairs", gt=0)
+    pref_batch_size: int = option(4, "pairs per micro-batch", ge=1)
+    recovery_n: int = option(
+        0, "harmful prompts turned into recovery examples (compliant start as context, then a refusal)", ge=0
+    )
+    recovery_max_prefix: int = option(20, "longest compliant prefix of a recovery example, in tokens", ge=1)
+    recovery_pairs: bool = option(
+        False, "also add each recovery example to the preference pairs (rejected = the rest of the compliant answer)"
+    )
+
+    def _check(self) -> None:
+        require(
+            self.refusal_sft or (self.preference and self.recovery_n == 0 or self.recovery_pairs),
+            "refusal_sft: false trains only the preference stage: set preference: true, and recovery_pairs: true "
+            "or recovery_n: 0 (recovery examples are SFT rows)",
+            field="refusal_sft",
+        )
+        require(
+            not self.recovery_pairs or (self.preference and self.recovery_n > 0),
+            "recovery_pairs needs preference: true and recovery_n > 0",
+            field="recovery_pairs",
+        )
+        # The preference stage starts from the merged SFT model (its reference is that model, adapter disabled).
+        require(
+            not self.preference or not getattr(self, "use_lora", False) or getattr(self, "merge", True),
+            "preference: true with LoRA needs merge: true",
+            field="preference",
+        )
+
+    @property
+    def extends_align(self) -> bool:
+        """Whether anything of this module is switched on (off = the refusal-SFT-only recipe)."""
+        return self.preference or self.recovery_n > 0
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One prompt with a preferred and a dispreferred assistant answer.
+
+    ``prefix`` is an optional assistant-answer start that belongs to the context (recovery pairs): the pair is
+    ``prompt + prefix -> chosen`` vs ``prompt + prefix -> rejected``.
+    """
+
+    id: str
+    kind: str
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+    prefix_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecoveryExample:
+    """A harmful prompt, the first tokens of a compliant answer (context) and a refusal that recovers from it."""
+
+    id: str
+    prompt: list[Message]
+    prefix_ids: tuple[int, ...]
+    recovery: str
+
+
+def selection_prompt_keys(data_dir: str | None) -> set[str]:
+    """Normalised prompts of the selection suites (settings are chosen on them, so they are never trained on)."""
+    from tokensafe.align import normalise_prompt
+
+    records = [r for name in SELECTION_ONLY_SOURCES for r in load_source(name, data_dir=data_dir, split="val")]
+    records += borderline_records("val") + twin_records("val")
+    return {normalise_prompt(r.prompt) for r in records}
+
+
+@dataclass
+class PreferenceData:
+    pairs: list[PreferencePair]
+    recovery: list[RecoveryExample]
+    provenance: dict[str, Any]
+
+
+def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceData:
+    """Pairs and recovery examples from the base model's own greedy answers (``cfg`` is an AlignConfig).
+
+    Must run before the model is trained: "own answer" means the answer of the model being aligned.
+    """
+    import tokensafe.align as align
+    from tokensafe.eval.judges import KeywordJudge
+
+    blocked = align.evaluation_prompt_keys(cfg.data_dir) | selection_prompt_keys(cfg.data_dir)
+    removed = 0
+
+    def allowed(records: list[Record]) -> list[Record]:
+        nonlocal removed
+        kept = [r for r in records if align.normalise_prompt(r.prompt) not in blocked]
+        removed += len(records) - len(kept)
+        return kept
+
+    n_pairs = cfg.pref_n_harmful if cfg.preference else 0
+    # The same shuffle (seed, part "harmful") as the refusal SFT: these prompts' answers are usually cached already.
+    harmful_all = allowed(load_source(cfg.harmful_prompt_source, data_dir=cfg.data_dir))
+    harmful = align.sample_part(harmful_all, max(n_pairs, cfg.recovery_n), cfg.seed, "harmful")
+    benign: dict[str, list[Record]] = {"benign": [], "borderline": [], "twin": []}
+    if cfg.preference:
+        benign["benign"] = align.sample_part(
+            allowed(load_source(cfg.benign_source, data_dir=cfg.data_dir)), cfg.pref_n_benign, cfg.seed, "benign"
+        )
+        benign["borderline"] = allowed(borderline_records("train"))[: cfg.pref_n_borderline]
+        benign["twin"] = allowed(twin_records("train"))[: cfg.pref_n_twins]
+    prompts = [*harmful, *benign["benign"], *benign["borderline"], *benign["twin"]]
+    answers = align.generate_self_answers(cfg, model, tokenizer, prompts) if prompts else []
+    harmful_answers = answers[: len(harmful)]
+    judge = KeywordJudge()
+    refusals = resource_lines("refusals.txt")
+    rng = random.Random(f"{cfg.seed}/preference-refusals")
+    pairs: list[PreferencePair] = []
+    dropped = dict.fromkeys(PAIR_KINDS, 0)
+    for i, (record, answer) in enumerate(zip(harmful, harmful_answers, strict=True)):
+        if i >= n_pairs:
+            break
+        if not answer.strip() or judge.is_refusal(answer):  # the base model refused on its own: no compliant answer
+            dropped["harmful"] += 1
+            continue
+        refusal = rng.choice(refusals)
+        pairs.append(PreferencePair(f"pref/harmful/{record.id}", "harmful", record.prompt_messages, refusal, answer))
+    offset = len(harmful)
+    for kind in ("benign", "borderline", "twin"):
+        for record in benign[kind]:
+            answer = answers[offset]
+            offset += 1
+            if not answer.strip() or judge.is_refusal(answer):  # the benign side must not be a refusal
+                dropped[kind] += 1
+                continue
+            refusal = rng.choice(refusals)
+            pairs.append(PreferencePair(f"pref/{kind}/{record.id}", kind, record.prompt_messages, answer, refusal))
+    n_rec = cfg.recovery_n
+    recovery = build_recovery_examples(
+        harmful[:n_rec], harmful_answers[:n_rec], tokenizer, refusals, cfg.recovery_max_prefix, cfg.seed
+    )
+    if cfg.recovery_pairs:
+        pairs += recovery_pairs(recovery, dict(zip((r.id for r in harmful), harmful_answers, strict=True)), tokenizer)
+    random.Random(f"{cfg.seed}/preference-order").shuffle(pairs)
+    provenance = {
+        "pairs": {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, "recovery")},
+        "pairs_dropped": dropped,
+        "pair_sources": {
+            "harmful": f"{cfg.harmful_prompt_source} (chosen: resources/align/refusals.txt, rejected: own answer)",
+            "benign": f"{cfg.benign_source} (chosen: own answer, rejected: refusal)",
+            "borderline": "resources/align/borderline_prompts.txt",
+            "twin": "resources/align/instruction_twins.txt",
+        },
+        "recovery_examples": len(recovery),
+        "evaluation_or_selection_prompts_removed": removed,
+    }
+    return PreferenceData(pairs, recovery, provenance)
+
+
+def build_recovery_examples(
+    harmful: list[Record],
+    answers: list[str],
+    tokenizer: Any,
+    refusals: list[str],
+    max_prefix: int,
+    seed: int,
+) -> list[RecoveryExample]:
+    """One recovery example per harmful prompt whose answer complies and has >= 2 tokens.
+
+    The prefix is the first ``k`` tokens of the answer, ``k`` uniform in ``1..min(max_prefix, n - 1)`` (at least
+    one answer token is left out, so the context never holds the whole compliant answer).
+    """
+    from tokensafe.eval.judges import KeywordJudge
+
+    judge = KeywordJudge()
+    rng = random.Random(f"{seed}/recovery")
+    examples: list[RecoveryExample] = []
+    for record, answer in zip(harmful, answers, strict=True):
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if len(ids) < 2 or judge.is_refusal(answer):
+            continue
+        k = rng.randint(1, min(max_prefix, len(ids) - 1))
+        refusal = rng.choice(refusals)
+        examples.append(RecoveryExample(f"recovery/{record.id}", record.prompt_messages, tuple(ids[:k]), refusal))
+    return examples
+
+
+def recovery_pairs(examples: list[RecoveryExample], answers: dict[str, str], tokenizer: Any) -> list[PreferencePair]:
+    """Recovery examples as pairs: after the compliant prefix, the refusal is chosen over the rest of the answer."""
+    pairs = []
+    for ex in examples:
+        ids = tokenizer(answers[ex.id.removeprefix("recovery/")], add_special_tokens=False)["input_ids"]
+        rest = tokenizer.decode(ids[len(ex.prefix_ids) :])
+        pair = PreferencePair(f"pref/{ex.id}", "recovery", ex.prompt, recovery_text(ex), rest, ex.prefix_ids)
+        pairs.append(pair)
+    return pairs
+
+
+def recovery_text(example: RecoveryExample) -> str:
+    """The refusal after a compliant prefix, separated by a space (the prefix usually ends mid-sentence)."""
+    return " " + example.recovery
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn (labelled, as in :func:`tokensafe.data.tokenize.tokenize_chat`)."""
+    return int(tokenizer.convert_tokens_to_ids(tokenizer.eos_token))
+
+
+def prompt_ids(tokenizer: Any, prompt: list[Message]) -> list[int]:
+    """Token ids of the prompt followed by the assistant header (what the model continues)."""
+    text = render_chat(tokenizer, prompt, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_recovery(example: RecoveryExample, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of length L <= max_length: prompt + prefix unlabelled, recovery + end-of-turn labelled."""
+    context = prompt_ids(tokenizer, example.prompt) + list(example.prefix_ids)
+    target = list(tokenizer(recovery_text(example), add_special_tokens=False)["input_ids"]) + [
+        end_of_turn_id(tokenizer)
+    ]
+    input_ids = (context + target)[:max_length]
+    labels = ([IGNORE_INDEX] * len(context) + target)[:max_length]
+    return input_ids, labels
+
+
+def recovery_dataset(examples: list[RecoveryExample], tokenizer: Any, max_length: int) -> datasets.Dataset:
+    """Recovery examples with the columns of ``tokenize_records`` (so they concatenate with the SFT data)."""
+    columns: dict[str, list] = {k: [] for k in ("id", "source", "is_harmful", "input_ids", "labels", "truncated")}
+    for ex in examples:
+        input_ids, labels = tokenize_recovery(ex, tokenizer, max_length)
+        full = len(prompt_ids(tokenizer, ex.prompt)) + len(ex.prefix_ids)
+        columns["id"].append(ex.id)
+        columns["source"].append("align_recovery")
+        columns["is_harmful"].append(False)
+        columns["input_ids"].append(input_ids)
+        columns["labels"].append(labels)
+        columns["truncated"].append(len(input_ids) < full + 2)
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "source": datasets.Value("string"),
+            "is_harmful": datasets.Value("bool"),
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "truncated": datasets.Value("bool"),
+        }
+    )
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None = None) -> dict[str, list[int]]:
+    """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` of a pair with the canonical tokenisation.
+
+    Without a prefix, chosen and rejected are the labelled spans of :func:`tokenize_chat` (answer + end-of-turn
+    token), and the prompt is what precedes them. With a prefix (recovery pairs) the prompt is the rendered prompt
+    plus the prefix tokens and each answer is its tokens plus end-of-turn. ``max_length`` is left to the collator.
+    """
+    if pair.prefix_ids:
+        end = [end_of_turn_id(tokenizer)]
+        return {
+            "prompt_ids": prompt_ids(tokenizer, pair.prompt) + list(pair.prefix_ids),
+            "chosen_ids": list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + end,
+            "rejected_ids": list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]) + end,
+        }
+    chosen = tokenize_chat(tokenizer, [*pair.prompt, {"role": "assistant", "content": pair.chosen}])
+    rejected = tokenize_chat(tokenizer, [*pair.prompt, {"role": "assistant", "content": pair.rejected}])
+    (c_start, c_end), (r_start, r_end) = chosen.response_spans[0], rejected.response_spans[0]
+    # Both start after the same rendered prompt; a response whose first token merges with the header would move
+    # the start, so the shared prompt is the common prefix (as TRL does).
+    start = min(c_start, r_start)
+    while start and chosen.input_ids[:start] != rejected.input_ids[:start]:
+        start -= 1
+    return {
+        "prompt_ids": chosen.input_ids[:start],
+        "chosen_ids": chosen.input_ids[start:c_end],
+        "rejected_ids": rejected.input_ids[start:r_end],
+    }
+
+
+def pairs_dataset(pairs: list[PreferencePair], tokenizer: Any) -> datasets.Dataset:
+    """Pre-tokenised pairs in TRL's column names (``prompt_ids``, ``chosen_ids``, ``rejected_ids``)."""
+    rows = [tokenize_pair(p, tokenizer) for p in pairs]
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
+
+
+def _dpo_trainer_class() -> type:
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """``DPOTrainer`` on pairs that are already tokenised (the canonical tokenisation, see the module doc)."""
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            missing = {"prompt_ids", "chosen_ids", "rejected_ids"} - set(dataset.column_names)
+            if missing:
+                raise ValueError(f"preference dataset '{dataset_name}' lacks {sorted(missing)}")
+            return dataset
+
+    return PretokenizedDPOTrainer
+
+
+def train_preference(model: Any, tokenizer: Any, dataset: datasets.Dataset, cfg: Any) -> tuple[Any, list[dict]]:
+    """DPO on pre-tokenised pairs; returns the trained model (LoRA merged when ``cfg.use_lora``) and the log.
+
+    With LoRA the reference is the same model with the adapter disabled (the model as it enters this stage); with
+    full fine-tuning it is a frozen copy.
+    """
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import DPOConfig
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    use_sft = cfg.pref_sft_weight > 0
+    args = DPOConfig(
+        output_dir=str(Path(cfg.output_dir) / "preference"),
+        num_train_epochs=cfg.pref_epochs,
+        per_device_train_batch_size=cfg.pref_batch_size,
+        learning_rate=cfg.pref_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,  # a share of the steps (< 1)
+        beta=cfg.pref_beta,
+        loss_type=["sigmoid", "sft"] if use_sft else ["sigmoid"],
+        loss_weights=[1.0, cfg.pref_sft_weight] if use_sft else None,
+        max_length=cfg.max_length,
+        gradient_checkpointing=False,  # TRL's default: recomputation only costs time on CPU for a 135M model
+        bf16=False,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        save_strategy="no",
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+    )
+    set_seed(cfg.seed)  # the LoRA initialisation
+    peft_config = None
+    ref_model = None
+    if cfg.use_lora:
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+            bias="none",
+        )
+    else:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = _dpo_trainer_class()(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.use_lora:
+        trained = trained.merge_and_unload()
+    trained.eval()
+    return trained, list(trainer.state.log_history)
+
+
+@torch.no_grad()
+def completion_logps(model: Any, dataset: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) summed log-probabilities of the chosen and the rejected completions given the prompt, pair by pair.
+
+    Independent of TRL (used by tests and to report the margin): logits (1, L, V) of prompt + completion, the
+    log-probability of each completion token at the position before it.
+    """
+    model.eval()
+    out: dict[str, list[float]] = {"chosen_ids": [], "rejected_ids": []}
+    for row in dataset:
+        for column in out:
+            ids = torch.tensor([row["prompt_ids"] + row[column]])
+            logits = model(input_ids=ids).logits.float()
+            logp = torch.log_softmax(logits[0, :-1], dim=-1)
+            targets = ids[0, 1:]
+            start = len(row["prompt_ids"]) - 1
+            out[column].append(float(logp[start:].gather(1, targets[start:, None]).sum()))
+    return torch.tensor(out["chosen_ids"]), torch.tensor(out["rejected_ids"])
+
+
+# --- the two hooks `tokensafe align` calls --------------------------------------------------------------------------
+
+
+def add_recovery_examples(
+    dataset: datasets.Dataset, data: PreferenceData | None, tokenizer: Any, max_length: int
+) -> datasets.Dataset:
+    """The SFT dataset plus the recovery examples (unchanged when there are none)."""
+    if data is None or not data.recovery:
+        return dataset
+    extra = recovery_dataset(data.recovery, tokenizer, max_length).cast(dataset.features)
+    return datasets.concatenate_datasets([dataset, extra])
+
+
+def preference_stage(model: Any, tokenizer: Any, data: PreferenceData | None, cfg: Any) -> tuple[Any, dict | None]:
+    """Run the DPO stage on ``model`` (the merged SFT model) when ``cfg.preference``; returns (model, summary)."""
+    import time
+
+    if data is None or not cfg.preference:
+        return model, None
+    if not data.pairs:
+        raise UsageError(
+            "preference: no pairs are left (every own answer was empty, or a refusal for benign / a compliance "
+            "missing for harmful prompts)",
+            field="preference",
+            hint="raise pref_n_* or self_answer_max_tokens, or set preference: false",
+        )
+    start = time.time()
+    dataset = pairs_dataset(data.pairs, tokenizer)
+    trained, log = train_preference(model, tokenizer, dataset, cfg)
+    train_logs = [h for h in log if "loss" in h]
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+    return trained, {
+        "pairs": len(dataset),
+        "log": [{k: h[k] for k in keys if k in h} for h in train_logs],
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def run_preference_only(cfg: Any) -> dict[str, Any]:
+    """`tokensafe align --refusal_sft false`: the preference stage alone on ``cfg.model`` (saved as ``cfg.name``).
+
+    Pairs come from ``cfg.pair_answers_model``'s own answers (the base model: its cached answers are reused).
+    Starting from the ``aligned`` model of the same config is the same as running SFT and preference together,
+    without training the SFT stage again.
+    """
+    import dataclasses
+    import shutil
+    import time
+
+    from tokensafe.atomic import write_json
+    from tokensafe.config import save_config
+    from tokensafe.models import load_model, model_fingerprint, models_dir
+
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    start = time.time()
+    answers_model = cfg.pair_answers_model or cfg.model
+    base, tokenizer = load_model(answers_model, cache_dir=cfg.cache_dir)
+    data = build_preference_data(dataclasses.replace(cfg, model=answers_model), base, tokenizer)
+    del base
+    generated_at = time.time()
+    model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
+    trained, stage = preference_stage(model, tokenizer, data, cfg)
+    target = models_dir(cfg.cache_dir) / cfg.name
+    tmp = target.with_name(f".{cfg.name}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    summary = {
+        "name": cfg.name,
+        "path": str(target),
+        "start_model": cfg.model,
+        "start_fingerprint": model_fingerprint(cfg.model, cfg.cache_dir),
+        "pair_answers_model": answers_model,
+        "preference_and_recovery": data.provenance,
+        "preference_stage": stage,
+        "seconds_self_answers": round(generated_at - start, 1),
+        "seconds_total": round(time.time() - start, 1),
+    }
+    write_json(tmp / "tokensafe_align.json", summary)
+    save_config(cfg, tmp / "align_config.yaml")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)
+    write_json(Path(cfg.output_dir) / "align_summary.json", summary)
+    return summary
