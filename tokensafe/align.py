@@ -341,8 +341,11 @@ def read_cached_answers(cache_file: Path) -> dict[str, str]:
 
 
 def run_align(cfg: AlignConfig) -> dict[str, Any]:
+    import torch
     from transformers import set_seed
 
+    if cfg.threads:  # before any generation: the self-answers run before train_model would apply it
+        torch.set_num_threads(cfg.threads)
     if not cfg.refusal_sft:  # the preference stage alone, on an already aligned model
         return run_preference_only(cfg)
     resolve_resume(cfg, run_record(cfg))  # a missing or foreign checkpoint fails before any model loads

@@ -35,6 +35,7 @@ import datasets
 import torch
 
 from tokensafe.config import Checked, option, require
+from tokensafe.data.dataset import tokenized_features
 from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
 from tokensafe.data.records import Message, Record
 from tokensafe.data.sources import load_source
@@ -299,17 +300,7 @@ def recovery_dataset(examples: list[RecoveryExample], tokenizer: Any, max_length
         columns["input_ids"].append(input_ids)
         columns["labels"].append(labels)
         columns["truncated"].append(len(input_ids) < full + 2)
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "source": datasets.Value("string"),
-            "is_harmful": datasets.Value("bool"),
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "labels": datasets.Sequence(datasets.Value("int32")),
-            "truncated": datasets.Value("bool"),
-        }
-    )
-    return datasets.Dataset.from_dict(columns, features=features)
+    return datasets.Dataset.from_dict(columns, features=tokenized_features())
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None = None) -> dict[str, list[int]]:

@@ -63,6 +63,20 @@ def dataset_fingerprint(records: list[Record], tokenizer: PreTrainedTokenizerBas
     )
 
 
+def tokenized_features() -> datasets.Features:
+    """The columns of every tokenised dataset (training code and caches rely on exactly these)."""
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "source": datasets.Value("string"),
+            "is_harmful": datasets.Value("bool"),
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "truncated": datasets.Value("bool"),
+        }
+    )
+
+
 def tokenize_records(
     records: list[Record], tokenizer: PreTrainedTokenizerBase, max_length: int, *, source_file: str | None = None
 ) -> datasets.Dataset:
@@ -87,17 +101,7 @@ def tokenize_records(
         columns["input_ids"].append(tokenized.input_ids)
         columns["labels"].append(tokenized.labels)
         columns["truncated"].append(tokenized.truncated)
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "source": datasets.Value("string"),
-            "is_harmful": datasets.Value("bool"),
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "labels": datasets.Sequence(datasets.Value("int32")),
-            "truncated": datasets.Value("bool"),
-        }
-    )
-    dataset = datasets.Dataset.from_dict(columns, features=features)
+    dataset = datasets.Dataset.from_dict(columns, features=tokenized_features())
     return dataset
 
 

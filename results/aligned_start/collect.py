@@ -1,0 +1,26 @@
+"""Collect the eval results of this study into results/aligned_start/results.json (and print a markdown table)."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+rows = {}
+for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final"):
+    for path in sorted((ROOT / d).glob("*.json")):
+        data = json.loads(path.read_text())
+        if "suites" not in data:
+            continue
+        rows[f"{d}/{path.stem}"] = {
+            suite: {"metric": r["metric"], "value": r["value"], "n": r["n"], "low": r["low"], "high": r["high"]}
+            for suite, r in data["suites"].items()
+        }
+runs = [json.loads(line) for line in (ROOT / "results/aligned_start/runs.jsonl").read_text().splitlines()]
+(ROOT / "results/aligned_start/results.json").write_text(json.dumps({"evals": rows, "runs": runs}, indent=1))
+suites = sorted({s for r in rows.values() for s in r})
+print("| model | " + " | ".join(suites) + " |")
+print("|---|" + "---|" * len(suites))
+for name, r in rows.items():
+    cells = [f"{r[s]['metric']} {100 * r[s]['value']:.1f}% (n={r[s]['n']})" if s in r else "" for s in suites]
+    print(f"| {name} | " + " | ".join(cells) + " |")
+sys.exit(0)
