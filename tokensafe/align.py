@@ -365,14 +365,7 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
     if cfg.use_lora and cfg.merge:
         trained = trained.merge_and_unload()
     trained, preference = preference_stage(trained, tokenizer, extra, cfg)
-    target = models_dir(cfg.cache_dir) / cfg.name
-    tmp = target.with_name(f".{cfg.name}.saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
     summary = {
-        "name": cfg.name,
-        "path": str(target),
         "base_model": cfg.model,
         "base_fingerprint": model_fingerprint(cfg.model, cfg.cache_dir),
         "trained_on": provenance,
@@ -383,6 +376,18 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
         "seconds_self_answers": round(generated_at - start, 1),
         "seconds_total": round(time.time() - start, 1),
     }
+    return publish_aligned_model(cfg, trained, tokenizer, summary)
+
+
+def publish_aligned_model(cfg: AlignConfig, model: Any, tokenizer: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """Save ``model`` as the named model ``<cache>/models/<cfg.name>`` with its summary and config, and write
+    ``align_summary.json``. Written beside and renamed into place: the name always holds a whole model."""
+    target = models_dir(cfg.cache_dir) / cfg.name
+    tmp = target.with_name(f".{cfg.name}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    summary = {"name": cfg.name, "path": str(target), **summary}
     write_json(tmp / "tokensafe_align.json", summary)
     save_config(cfg, tmp / "align_config.yaml")
     shutil.rmtree(target, ignore_errors=True)

@@ -484,12 +484,11 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
     without training the SFT stage again.
     """
     import dataclasses
-    import shutil
     import time
 
-    from tokensafe.atomic import write_json
+    from tokensafe.align import publish_aligned_model  # align imports this module: resolved at call time
     from tokensafe.config import save_config
-    from tokensafe.models import load_model, model_fingerprint, models_dir
+    from tokensafe.models import load_model, model_fingerprint
 
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     start = time.time()
@@ -500,14 +499,7 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
     generated_at = time.time()
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
     trained, stage = preference_stage(model, tokenizer, data, cfg)
-    target = models_dir(cfg.cache_dir) / cfg.name
-    tmp = target.with_name(f".{cfg.name}.saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
     summary = {
-        "name": cfg.name,
-        "path": str(target),
         "start_model": cfg.model,
         "start_fingerprint": model_fingerprint(cfg.model, cfg.cache_dir),
         "pair_answers_model": answers_model,
@@ -516,10 +508,4 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
         "seconds_self_answers": round(generated_at - start, 1),
         "seconds_total": round(time.time() - start, 1),
     }
-    write_json(tmp / "tokensafe_align.json", summary)
-    save_config(cfg, tmp / "align_config.yaml")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)
-    write_json(Path(cfg.output_dir) / "align_summary.json", summary)
-    return summary
+    return publish_aligned_model(cfg, trained, tokenizer, summary)

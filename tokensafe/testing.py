@@ -43,6 +43,21 @@ def tiny_llama(
     return model
 
 
+def chatty_tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+    """:func:`tiny_llama` with its layer weights widened (std 0.1, drawn with seed 1), for generation tests.
+
+    At the default init the residual stream is the input embedding, so with tied embeddings every prompt continues
+    with the same newline tokens and a test could not tell answers apart; wider layers make answers prompt-specific.
+    """
+    model = tiny_llama(tokenizer, seed=seed)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.model.layers.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
+
+
 def save_tiny_model(target: str | os.PathLike, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Path:
     """Write a tiny model plus tokenizer as a loadable HF directory (safetensors)."""
     target = Path(target)

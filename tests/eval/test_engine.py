@@ -24,7 +24,7 @@ from tokensafe.eval.generate import (
     read_generations,
 )
 from tokensafe.eval.judges import KeywordJudge
-from tokensafe.testing import tiny_llama
+from tokensafe.testing import chatty_tiny_llama, tiny_llama
 
 # Token id lists of different lengths (1 to 37 tokens).
 PROMPTS = [
@@ -49,14 +49,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    """The tiny random Llama with its layer weights widened (std 0.1) so that answers depend on the prompt."""
-    model = tiny_llama(tokenizer, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.model.layers.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
+    """The tiny random Llama with widened layers, so that answers depend on the prompt."""
+    return chatty_tiny_llama(tokenizer)
 
 
 def reference_greedy(model, prompt: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:

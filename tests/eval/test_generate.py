@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from tokensafe.data.records import Record, chat
 from tokensafe.eval.generate import (
@@ -19,7 +18,7 @@ from tokensafe.eval.generate import (
     read_generations,
     render_prompt,
 )
-from tokensafe.testing import tiny_llama
+from tokensafe.testing import chatty_tiny_llama
 
 PROMPTS = [
     "Hello there, how are you?",
@@ -36,18 +35,8 @@ class Interrupted(Exception):
 
 @pytest.fixture(scope="module")
 def chatty_model(tokenizer):
-    """The tiny random Llama with its layer weights widened (std 0.1).
-
-    At the default init the residual stream is the input embedding, so with tied embeddings every prompt continues
-    with the same newline tokens and a test could not tell answers apart; wider layers make answers prompt-specific.
-    """
-    model = tiny_llama(tokenizer, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in model.model.layers.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
+    """The tiny random Llama with widened layers, so that answers depend on the prompt."""
+    return chatty_tiny_llama(tokenizer)
 
 
 @pytest.fixture(scope="module")
