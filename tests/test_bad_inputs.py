@@ -228,7 +228,8 @@ def test_help_lists_the_choices_and_bounds(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--method {sft,toss,pact,kl,constrained_sft,safelora,asft,safeinstr,sample_random,sample_score}" in out
+    methods = "sft,toss,pact,kl,toss_pact,constrained_sft,safelora,asft,safeinstr,sample_random,sample_score"
+    assert f"--method {{{methods}}}" in out
     assert "--toss_mode {global,per_sample,threshold,soft}" in out
     assert "[float, in [0, 1), default: 0.0]" in out  # harmful_share
     assert "[int | {all}, >= 1, default: 200]" in out  # n_task

@@ -120,3 +120,17 @@ def test_the_timer_asks_for_a_checkpoint_once_the_minutes_have_passed():
 def test_defaults_checkpoint_every_50_steps_and_10_minutes():
     cfg = OptimArgs()
     assert (cfg.save_steps, cfg.save_minutes) == (50, 10.0)
+
+
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed_unless_the_option_is_set():
+    # An option added in a later version is missing from older checkpoints' records: it counts as its default.
+    from tokensafe.train import config_defaults
+
+    cfg = TrainConfig(model="aligned", output_dir="unused")
+    saved = run_record(cfg, "d" * 16, "key")
+    del saved["config"]["max_grad_norm"]
+    assert resume_differences(saved, run_record(cfg, "d" * 16, "key"), config_defaults(cfg)) == []
+    changed = dataclasses.replace(cfg, max_grad_norm=0.5)
+    assert resume_differences(saved, run_record(changed, "d" * 16, "key"), config_defaults(changed)) == [
+        "max_grad_norm 1.0 -> 0.5"
+    ]

@@ -16,6 +16,7 @@ EXPECTED_MODULES = {
     "toss": "tokensafe.toss.method",
     "pact": "tokensafe.pact.method",
     "kl": "tokensafe.pact.method",
+    "toss_pact": "tokensafe.toss_pact",
     "constrained_sft": "tokensafe.baselines.constrained_sft",
     "safelora": "tokensafe.baselines.safelora",
     "asft": "tokensafe.baselines.asft",

@@ -393,5 +393,9 @@ def publish_aligned_model(cfg: AlignConfig, model: Any, tokenizer: Any, summary:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)
+    # The model card last: README.md is not part of the model's key, so the fingerprint above stands.
+    from tokensafe.model_card import align_card, write_card
+
+    write_card(target, align_card(cfg, summary))
     write_json(Path(cfg.output_dir) / "align_summary.json", summary)
     return summary

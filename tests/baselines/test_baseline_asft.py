@@ -1,12 +1,16 @@
-"""AsFT: the regulariser and its gradient against the explicit (I − Ĉ) ΔW, λ = 0 is SFT, accumulation scaling."""
+"""AsFT: the regulariser and its gradient against the explicit (I − Ĉ) B A, λ = 0 is SFT, accumulation scaling, the
+per-layer ‖V‖_F / λ_max(C) record."""
 
 from __future__ import annotations
+
+import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tokensafe.baselines.asft import build_asft_loss
-from tokensafe.baselines.directions import AdapterError, AlignmentPair, lora_modules
+from tokensafe.baselines.asft import SETUP_FILE, build_asft_loss, setup_asft
+from tokensafe.baselines.directions import AdapterError, AlignmentPair, direction_stats, lora_modules
 from tokensafe.collator import TokenCollator
 from tokensafe.losses import LossContext
 from tokensafe.testing import tiny_llama
@@ -14,7 +18,10 @@ from tokensafe.train import OptimArgs, TokenSafeTrainer, training_arguments
 
 
 def explicit_regulariser(model, pair_weights) -> torch.Tensor:
-    """Σ_layers ‖(I − C) s B A‖²_F with the d_out × d_out matrix C = V Vᵀ/‖V‖_F built explicitly."""
+    """Σ_layers ‖(I − C) B A‖²_F with the d_out × d_out matrix C = V Vᵀ/‖V‖_F built explicitly.
+
+    B A without the LoRA scale s = α / r (the authors' convention, DESIGN.md §1.3); the student has s = 2, so a
+    penalty on s B A would be 4 times this."""
     aligned, base = pair_weights
     total = torch.zeros((), dtype=torch.float64)
     for name, module in lora_modules(model):
@@ -22,7 +29,7 @@ def explicit_regulariser(model, pair_weights) -> torch.Tensor:
         v = (aligned[f"{path}.weight"] - base[f"{path}.weight"]).double()
         c = v @ v.T / torch.linalg.matrix_norm(v, "fro")
         a, b = module.lora_A["default"].weight.double(), module.lora_B["default"].weight.double()
-        delta_w = module.scaling["default"] * b @ a
+        delta_w = b @ a
         residual = (torch.eye(c.size(0), dtype=torch.float64) - c) @ delta_w
         total = total + (residual**2).sum()
     return total
@@ -92,3 +99,45 @@ def test_lambda_zero_is_sft_exactly(student, pair, chat_dataset, tokenizer, tmp_
 def test_needs_lora_layers(tokenizer, pair):
     with pytest.raises(AdapterError, match="no LoRA layers"):
         build_asft_loss(tiny_llama(tokenizer), pair, lam=1.0)
+
+
+def test_penalty_ignores_the_lora_scale(student, pair):
+    """Doubling α (s: 2 -> 4) changes the applied update, not the penalty on B A."""
+    before = build_asft_loss(student, pair, lam=1.0).regulariser().item()
+    for _, module in lora_modules(student):
+        assert module.scaling["default"] == 2.0
+        module.scaling["default"] = 4.0
+    assert build_asft_loss(student, pair, lam=1.0).regulariser().item() == pytest.approx(before, rel=1e-6)
+
+
+def test_direction_stats_match_the_eigenvalues_of_explicit_c():
+    torch.manual_seed(0)
+    v = torch.randn(12, 7, dtype=torch.float64)
+    c = v @ v.T / torch.linalg.matrix_norm(v, "fro")
+    stats = direction_stats(v.float())
+    assert stats["v_norm"] == pytest.approx(torch.linalg.matrix_norm(v, "fro").item(), rel=1e-5)
+    assert stats["lambda_max"] == pytest.approx(torch.linalg.eigvalsh(c).max().item(), rel=1e-5)
+    assert stats["lambda_max"] <= stats["v_norm"]  # σ_max² <= Σ σ²
+
+
+def test_setup_records_v_norm_and_lambda_max_per_layer(student, aligned_dir, base_dir, pair_weights, tmp_path):
+    cfg = SimpleNamespace(
+        safety_aligned_model=str(aligned_dir),
+        safety_base_model=str(base_dir),
+        cache_dir=None,
+        asft_lambda=0.5,
+        output_dir=str(tmp_path),
+    )
+    setup = setup_asft(cfg, student, None, None)
+    record = json.loads((tmp_path / SETUP_FILE).read_text())
+    assert record["lambda"] == 0.5 and record["penalty"].startswith("B A") and len(setup.loss_terms) == 1
+    aligned, base = pair_weights
+    names = [name for name, _ in lora_modules(student)]
+    assert [row["module"] for row in record["layers"]] == names and len(names) == 4
+    for row in record["layers"]:
+        path = row["module"].removeprefix("base_model.model.")
+        v = (aligned[f"{path}.weight"] - base[f"{path}.weight"]).double()
+        c = v @ v.T / torch.linalg.matrix_norm(v, "fro")
+        assert row["v_norm"] == pytest.approx(torch.linalg.matrix_norm(v, "fro").item(), rel=1e-5)
+        assert row["lambda_max"] == pytest.approx(torch.linalg.eigvalsh(c).max().item(), rel=1e-4)
+        assert row["lora_scale"] == 2.0

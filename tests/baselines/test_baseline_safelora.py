@@ -86,6 +86,10 @@ def test_project_model_matches_brute_force(student, aligned_dir, base_dir, pair_
     for path, (a, b) in before.items():
         assert rows[path]["cosine"] == pytest.approx(cos[path], abs=1e-5)
         assert rows[path]["projected"] == (path in chosen)
+        v = (pair_weights[0][f"{path}.weight"] - pair_weights[1][f"{path}.weight"]).double()
+        assert rows[path]["v_norm"] == pytest.approx(torch.linalg.matrix_norm(v, "fro").item(), rel=1e-5)
+        eigenvalues = torch.linalg.eigvalsh(explicit_c(v))
+        assert rows[path]["lambda_max"] == pytest.approx(eigenvalues.max().item(), rel=1e-4)
         assert torch.equal(after[path][0], a)  # A is never touched
         expected_b = proj[path] if path in chosen else b
         assert torch.allclose(after[path][1], expected_b, atol=1e-5), path

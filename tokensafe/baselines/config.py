@@ -53,5 +53,5 @@ class BaselineArgs(SafeLoraArgs):
         None, "constrained_sft: reference model (none = --model before training, i.e. the LoRA base)"
     )
     csft_batch_size: int = option(8, "constrained_sft: batch size of the one-off reference log-prob pass", ge=1)
-    asft_lambda: float = option(1.0, "asft: λ, weight of Σ_layers ‖(I − Ĉ) ΔW‖²_F", ge=0)
+    asft_lambda: float = option(1.0, "asft: λ, weight of Σ_layers ‖(I − Ĉ) B A‖²_F (B A without the LoRA scale)", ge=0)
     sample_rho: float = option(0.2, "sample_random / sample_score: share of samples dropped", ge=0, lt=1)

@@ -50,6 +50,29 @@ def project(v: torch.Tensor, b: torch.Tensor, v_norm: torch.Tensor | float | Non
     return v @ (v.T @ b) / norm
 
 
+def direction_stats(v: torch.Tensor, v_norm: torch.Tensor | float | None = None) -> dict[str, float]:
+    """‖V‖_F and λ_max(C) = σ_max(V)² / ‖V‖_F (the largest eigenvalue of C = V Vᵀ / ‖V‖_F) of a (d_out, d_in) V.
+
+    C is no projector in general (its eigenvalues σ_i(V)² / ‖V‖_F are not 1 and scale with ‖V‖_F): these two
+    numbers say how much C stretches or shrinks the update along V (SafeLoRA's C B, AsFT's I − Ĉ).
+    """
+    norm = float(v.norm()) if v_norm is None else float(v_norm)
+    sigma_max = float(torch.linalg.matrix_norm(v.float(), ord=2))
+    return {"v_norm": round(norm, 6), "lambda_max": round(sigma_max**2 / norm, 6) if norm else 0.0}
+
+
+def format_direction_range(layers: list[dict]) -> str:
+    """One line: the range of ‖V‖_F and λ_max(C) over the rows of a report (each with v_norm, lambda_max)."""
+    if not layers:
+        return "no layers"
+    norms = [row["v_norm"] for row in layers]
+    lams = [row["lambda_max"] for row in layers]
+    return (
+        f"{len(layers)} LoRA layers, ‖V‖_F {min(norms):.4g}..{max(norms):.4g}, "
+        f"λ_max(C) {min(lams):.4g}..{max(lams):.4g}"
+    )
+
+
 def frobenius_inner(x: torch.Tensor, y: torch.Tensor, gram_a: torch.Tensor) -> torch.Tensor:
     """⟨X A, Y A⟩_F = Σ (Xᵀ Y) ⊙ (A Aᵀ) for X, Y (d_out, r) and gram_a = A Aᵀ (r, r): no (d_out, d_in) product."""
     return ((x.T @ y) * gram_a).sum()

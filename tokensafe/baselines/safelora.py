@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from tokensafe.baselines.directions import (
     AlignmentPair,
     LoraFactors,
     adapter_lora_factors,
+    direction_stats,
+    format_direction_range,
     frobenius_inner,
     model_lora_factors,
     project,
@@ -52,6 +54,7 @@ class LayerProjection:
     cosine: float
     projected_b: torch.Tensor
     selected: bool = False
+    direction: dict[str, float] = field(default_factory=dict)  # ‖V‖_F and λ_max(C) (directions.direction_stats)
 
 
 def layer_cosine(b: torch.Tensor, a: torch.Tensor, projected_b: torch.Tensor) -> float:
@@ -91,7 +94,8 @@ def safelora_projections(
                 f"{tuple(v.shape)}; the adapter was trained on another architecture"
             )
         projected = project(v, b, v_norm)
-        layers.append(LayerProjection(layer.module, layer_cosine(b, a, projected), projected))
+        cosine = layer_cosine(b, a, projected)
+        layers.append(LayerProjection(layer.module, cosine, projected, direction=direction_stats(v, v_norm)))
         del v
     for i in select_layers([layer.cosine for layer in layers], mode, n, threshold):
         layers[i].selected = True
@@ -99,7 +103,7 @@ def safelora_projections(
 
 
 def report(layers: list[LayerProjection], **meta: Any) -> dict[str, Any]:
-    """The per-layer cosines report (JSON-ready)."""
+    """The per-layer report (JSON-ready): cosine, whether projected, ‖V‖_F and λ_max(C) of every layer."""
     selected = [layer.module for layer in layers if layer.selected]
     return {
         **meta,
@@ -107,7 +111,8 @@ def report(layers: list[LayerProjection], **meta: Any) -> dict[str, Any]:
         "n_projected": len(selected),
         "projected": selected,
         "layers": [
-            {"module": layer.module, "cosine": round(layer.cosine, 6), "projected": layer.selected} for layer in layers
+            {"module": layer.module, "cosine": round(layer.cosine, 6), "projected": layer.selected, **layer.direction}
+            for layer in layers
         ],
     }
 
@@ -142,6 +147,7 @@ def post_train_safelora(args: SafeLoraArgs, cache_dir: str | None = None):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(output_dir) / REPORT_FILE, result)
         print(f"safelora: projected {result['n_projected']}/{result['n_layers']} LoRA layers", flush=True)
+        print(f"safelora: {format_direction_range(result['layers'])}", flush=True)
         return model
 
     return post_train
@@ -222,6 +228,7 @@ def run_safelora(cfg: SafeLoraConfig) -> dict[str, Any]:
     save_config(cfg, target / "safelora_config.yaml")
     lowest = sorted(result["layers"], key=lambda row: row["cosine"])[:5]
     print("lowest cosines: " + ", ".join(f"{row['module']}={row['cosine']:.3f}" for row in lowest), flush=True)
+    print(format_direction_range(result["layers"]), flush=True)
     summary = {k: v for k, v in result.items() if k != "layers"}
     summary["min_cosine"] = min((row["cosine"] for row in result["layers"]), default=math.nan)
     return summary

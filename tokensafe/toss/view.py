@@ -157,12 +157,15 @@ td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
 _CSS += MARKER_CSS + "\n"
 
 
-def _token_html(token: TokenView, scale: float) -> str:
+def token_html(token: TokenView, scale: float) -> str:
+    """One token as a coloured ``<span>`` (text escaped); the tooltip names the losses only when they are known."""
     r, g, b, alpha = _rgb(token.score, scale)
     text = html_text(token.text) if token.text else '<span class="empty">\u25af</span>'
     if not np.isfinite(token.score):
         return f"<span class='t'>{text}</span>"
-    title = f"score {token.score:+.3f} nats | l_U {token.loss_u:.3f} | l_D {token.loss_d:.3f}"
+    title = f"score {token.score:+.3f} nats"
+    if np.isfinite(token.loss_u) and np.isfinite(token.loss_d):
+        title += f" | l_U {token.loss_u:.3f} | l_D {token.loss_d:.3f}"
     if token.weight is not None:
         title += f" | weight {token.weight:.3f}"
     if token.dropped:
@@ -208,7 +211,7 @@ def render_html(
             if view.provenance:
                 meta += f" &middot; {html_text(view.provenance)}"
             meta += f" &middot; mean score {view.mean_score:+.3f} &middot; dropped {dropped}/{len(view.tokens)}"
-            tokens = "".join(_token_html(t, scale) for t in view.tokens)
+            tokens = "".join(token_html(t, scale) for t in view.tokens)
             parts.append(
                 f"<div class='sample'><div class='meta'>{meta}</div>"
                 f"<details><summary class='meta'>context</summary><div class='context'>"
