@@ -144,6 +144,23 @@ CASES: list[BadInput] = [
     case("safelora-no-adapter", "safelora", r"tokensafe safelora needs --adapter DIR"),
     case("safelora-not-an-adapter", "safelora --adapter {empty}", r"is not a LoRA adapter directory"),
     case("unknown-command", "trian --n_task 3", r"unknown command 'trian'.* — did you mean 'train'\?"),
+    # --- bring your own data ---------------------------------------------------------------------------------------
+    case("train-missing-harmful-file", "train --harmful_path {tmp}/no.csv", r"harmful_path: harmful file .*exist"),
+    case(
+        "train-format-with-named-task",
+        "train --task alpaca --task_path {bad_rows} --task_format chat",
+        r"task_format names the layout of a file of your own, but --task 'alpaca' already says how to read it",
+    ),
+    case(
+        "train-byo-bad-role",
+        "train --task_path {byo_chat} --n_task 2 --output_dir {tmp}/run-byo --cache_dir {tmp}/cache",
+        r"role 'bot' is not one of system, user, assistant \(.*byo_chat\.jsonl, line 2, field messages\[1\]\.role\)",
+    ),
+    case(
+        "train-byo-unknown-extension",
+        "train --task_path {malformed_yaml} --output_dir {tmp}/run-byo --cache_dir {tmp}/cache",
+        r"unknown file type '\.yaml': a data file of your own must be \.jsonl, .* \(.*malformed\.yaml\)",
+    ),
 ]
 
 
@@ -168,4 +185,7 @@ def make_fixtures(root: Path, model_dir: Path) -> dict[str, str]:
     ]
     (root / "bad_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     values["bad_rows"] = str(root / "bad_rows.jsonl")
+    chats = [[{"role": "user", "content": "Hi"}, {"role": r, "content": "Hello"}] for r in ("assistant", "bot")]
+    (root / "byo_chat.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats), encoding="utf-8")
+    values["byo_chat"] = str(root / "byo_chat.jsonl")
     return values

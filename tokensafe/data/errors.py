@@ -8,7 +8,8 @@ from tokensafe.errors import UsageError
 
 
 class DataError(UsageError):
-    """Bad input data. The message names the file, the row (0-based, as read) and the field when known.
+    """Bad input data. The message names the file, the line (1-based, for a user's own file) or
+    the row (0-based, as read) and the field when known.
 
     ``str()`` keeps the data layer's own form (``file F, row N, field 'f': message``); the CLI prints
     :meth:`~tokensafe.errors.UsageError.one_line` like every other expected error.
@@ -19,16 +20,19 @@ class DataError(UsageError):
         message: str,
         *,
         file: str | PathLike | None = None,
+        line: int | None = None,
         row: int | None = None,
         field: str | None = None,
         hint: str | None = None,
     ) -> None:
-        super().__init__(message, file=file, row=row, field=field, hint=hint)
+        super().__init__(message, file=file, line=line, row=row, field=field, hint=hint)
 
     def __str__(self) -> str:
         where = []
         if self.file is not None:
             where.append(f"file {self.file}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
         if self.row is not None:
             where.append(f"row {self.row}")
         if self.field is not None:

@@ -84,6 +84,29 @@ def read_rows(
     return _read_json(text, path)
 
 
+def read_rows_with_lines(path: str | PathLike, *, fmt: str | None = None) -> tuple[list[Row], list[int | None]]:
+    """:func:`read_rows` (files with a header) plus, for each row, the 1-based line of the file where it starts.
+
+    The line is what an editor shows, so errors about a user's own file can point at it: the header of a CSV/TSV is
+    line 1, blank lines and quoted fields spanning several lines are counted. JSON (a list of objects) and Parquet
+    rows have no line (None); errors about them name the row instead.
+    """
+    path = Path(path)
+    fmt = _format_of(path, fmt)
+    if fmt not in ("csv", "tsv", "jsonl"):
+        rows = read_rows(path, fmt=fmt)
+        return rows, [None] * len(rows)
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "not a regular file", file=path)
+    data = path.read_bytes()
+    lines: list[int | None] = []
+    if fmt == "jsonl":
+        text = _decode(data, path, row_of=lambda prefix: prefix.count("\n"))
+        return _read_jsonl(text, path, lines), lines
+    text = _decode(data, path, row_of=lambda prefix: _csv_row_of(prefix, fmt, True))
+    return _read_delimited(text, path, fmt, True, None, lines), lines
+
+
 def read_hub(dataset_id: str, *, split: str, config: str | None = None) -> list[Row]:
     """Load one split of a Hugging Face hub dataset as a list of row dicts.
 
@@ -167,18 +190,31 @@ def _dialect(fmt: str) -> dict[str, Any]:
 
 
 def _read_delimited(
-    text: str, path: Path, fmt: str, header: bool, column_names: list[str] | tuple[str, ...] | None
+    text: str,
+    path: Path,
+    fmt: str,
+    header: bool,
+    column_names: list[str] | tuple[str, ...] | None,
+    lines: list[int | None] | None = None,
 ) -> list[Row]:
+    """Rows of a CSV/TSV text; ``lines``, when given, receives the 1-based first line of each data row."""
     reader = csv.reader(io.StringIO(text, newline=""), **_dialect(fmt))
+    records: list[list[str]] = []
+    starts: list[int] = []
     try:
-        records = [record for record in reader if record]  # blank lines are not rows
+        end = 0  # lines consumed so far: a record starts on the line after the previous one ended
+        for record in reader:
+            if record:  # blank lines are not rows
+                records.append(record)
+                starts.append(end + 1)
+            end = reader.line_num
     except csv.Error as err:
         raise DataError(f"malformed {fmt.upper()} near line {reader.line_num}: {err}", file=path) from err
     if header:
         if not records:
             raise DataError("empty file: no header row", file=path)
         names = list(column_names) if column_names else records[0]
-        records = records[1:]
+        records, starts = records[1:], starts[1:]
     else:
         names = list(column_names or [])
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -193,10 +229,13 @@ def _read_delimited(
                 row=index,
             )
         rows.append(dict(zip(names, record, strict=True)))
+    if lines is not None:
+        lines.extend(starts)
     return rows
 
 
-def _read_jsonl(text: str, path: Path) -> list[Row]:
+def _read_jsonl(text: str, path: Path, lines: list[int | None] | None = None) -> list[Row]:
+    """Rows of a JSON Lines text; ``lines``, when given, receives the 1-based line of each row."""
     rows: list[Row] = []
     # Split on '\n' only: str.splitlines() would also break inside strings at U+2028 and similar characters,
     # which JSON allows unescaped. The row number reported in errors is the 0-based line number.
@@ -216,6 +255,8 @@ def _read_jsonl(text: str, path: Path) -> list[Row]:
                 f"line {index + 1} is a JSON {_json_type(value)}, expected an object", file=path, row=index
             )
         rows.append(value)
+        if lines is not None:
+            lines.append(index + 1)
     return rows
 
 

@@ -19,6 +19,9 @@ Conventions shared by every source:
   ``task.labels[record.meta["label"]] == record.response`` for every source and every copy (file or hub).
 * Column names are matched case-insensitively, because copies of one dataset disagree on case (JBB-Behaviors'
   ``Goal`` vs the lower-cased ``goal`` in the benign copy).
+
+Files of your own (a chat or prompt/completion layout, no name) are read by :func:`load_file` at the end of this
+module; their errors name the 1-based line of the file, which is what a user editing it sees.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 from tokensafe import paths
 from tokensafe.data.errors import DataError
-from tokensafe.data.readers import Row, read_hub, read_rows
+from tokensafe.data.readers import Row, read_hub, read_rows, read_rows_with_lines
 from tokensafe.data.records import ROLES, Message, Record, chat
 from tokensafe.data.tasks import AGNEWS, GSM8K, SST2
 
@@ -678,3 +681,187 @@ def _read_file(path: Path, file: SourceFile | None) -> list[Row]:
     if file is not None and file.column_names is not None:
         return read_rows(path, header=False, column_names=list(file.column_names))
     return read_rows(path)
+
+
+# --- files of your own ----------------------------------------------------------------------------------------
+
+FILE_FORMATS = ("chat", "prompt_completion")
+"""Layouts of a file of your own, read by :func:`load_file` (``--task_path`` / ``--harmful_path`` without a name):
+
+* ``chat``: one object per row with ``messages``, a list of ``{"role", "content"}`` turns (system first if any,
+  then user and assistant alternating, ending with the assistant response). In a CSV the cell holds the list as
+  JSON text.
+* ``prompt_completion``: ``prompt`` and ``completion`` columns (or Alpaca's ``instruction``, optional ``input``,
+  ``output``), optionally ``system``.
+
+Both take an optional ``is_harmful`` (true/false, yes/no, 1/0; absent or empty = false) and an optional ``id``.
+"""
+_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+_FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_PROMPT_COLUMNS = ("prompt", "completion", "instruction", "output")
+
+
+@dataclass(frozen=True)
+class FileRowContext(RowContext):
+    """A row of a user's own file. Errors name the 1-based line an editor shows (the row, for JSON and Parquet)."""
+
+    line: int | None = None
+
+    def error(self, message: str, field: str | None = None) -> DataError:
+        if self.line is None:
+            return super().error(message, field)
+        return DataError(
+            message, file=self.file, line=self.line, field=field, hint="fix or remove that line of the file"
+        )
+
+    def file_record(self, row: Row, messages: list[Message]) -> Record:
+        """The record of this row: id ``<source>/<id column>`` (else ``<source>/<row index>``), provenance flag."""
+        value = self.value(row, "id", required=False)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            local = str(self.index)
+        elif isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.error(f"id must be text or an integer, got {type(value).__name__}", field="id")
+        else:
+            local = str(value).strip()
+        meta = {"line": self.line} if self.line is not None else {}
+        return Record(f"{self.source}/{local}", messages, self.source, self.flag(row), meta)
+
+    def flag(self, row: Row) -> bool:
+        """The optional ``is_harmful`` column: a JSON boolean, 0/1, or true/false/yes/no in any case."""
+        value = self.value(row, "is_harmful", required=False)
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().casefold() in {"", *_FLAG_WORDS}:
+            return _FLAG_WORDS.get(value.strip().casefold(), False)  # an empty CSV cell: not marked
+        raise self.error(
+            f"is_harmful must be a boolean (true/false, yes/no or 1/0), got {value!r}", field="is_harmful"
+        )
+
+
+def _file_chat(row: Row, ctx: FileRowContext) -> Record:
+    """A ``messages`` row; content is stripped like every text field, and the turn order is checked here (with the
+    line) rather than at tokenisation, which only knows the position in the mixture."""
+    from tokensafe.data.tokenize import validate_messages  # deferred: tokenize imports transformers
+
+    value = ctx.value(row, "messages")
+    if isinstance(value, str):  # a CSV cell
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ctx.error(f"messages is not valid JSON: {err.msg}", field="messages") from err
+    if not isinstance(value, list) or not value:
+        raise ctx.error("messages must be a non-empty list of {role, content} objects", field="messages")
+    messages: list[Message] = []
+    for k, turn in enumerate(value):
+        where = f"messages[{k}]"
+        if not isinstance(turn, dict):
+            raise ctx.error(f"a message must be a {{role, content}} object, got {type(turn).__name__}", field=where)
+        for key in ("role", "content"):
+            if key not in turn:
+                raise ctx.error(f"message has no '{key}'", field=f"{where}.{key}")
+        role, content = turn["role"], turn["content"]
+        if role not in ROLES:
+            raise ctx.error(f"role {role!r} is not one of {', '.join(ROLES)}", field=f"{where}.role")
+        if not isinstance(content, str):
+            raise ctx.error(f"content must be text, got {type(content).__name__}", field=f"{where}.content")
+        if not content.strip():
+            raise ctx.error(f"{role} message is empty", field=f"{where}.content")
+        messages.append({"role": role, "content": content.strip()})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ctx.error("no assistant turn: a training chat needs a response", field="messages")
+    if messages[-1]["role"] != "assistant":
+        last = len(messages) - 1
+        raise ctx.error(
+            f"the chat ends with a {messages[-1]['role']} turn; it must end with the assistant response",
+            field=f"messages[{last}].role",
+        )
+    try:
+        validate_messages(messages, file=ctx.file)
+    except DataError as err:
+        raise ctx.error(err.message, field=err.field) from None
+    return ctx.file_record(row, messages)
+
+
+def _file_prompt_completion(row: Row, ctx: FileRowContext) -> Record:
+    """``prompt`` -> user, ``completion`` -> assistant; Alpaca's ``instruction`` (+ ``input``) / ``output`` when the
+    row has no prompt."""
+    system = ctx.text(row, "system", required=False) or None
+    if ctx.value(row, "prompt", required=False) is None and ctx.value(row, "instruction", required=False) is not None:
+        user = _join(ctx.text(row, "instruction", what="prompt"), ctx.text(row, "input", required=False))
+        assistant = ctx.text(row, "output", what="completion")
+    else:
+        user = ctx.text(row, "prompt", what="prompt")
+        assistant = ctx.text(row, "completion", what="completion")
+    return ctx.file_record(row, chat(user, assistant, system))
+
+
+_FILE_BUILDERS: dict[str, Callable[[Row, FileRowContext], Record]] = {
+    "chat": _file_chat,
+    "prompt_completion": _file_prompt_completion,
+}
+
+
+def detect_format(row: Row, ctx: FileRowContext) -> str:
+    """The layout of a file from its first row's columns: ``messages`` -> chat, prompt/completion -> the other."""
+    keys = {key.casefold() for key in row if isinstance(key, str)}
+    is_chat, is_pair = "messages" in keys, bool(keys & set(_PROMPT_COLUMNS))
+    if is_chat and is_pair:
+        raise ctx.error(
+            "cannot tell the format: the row has both 'messages' and prompt/completion columns; name it "
+            "(--task_format / --harmful_format chat or prompt_completion)"
+        )
+    if not is_chat and not is_pair:
+        columns = ", ".join(repr(key) for key in row) or "none"
+        raise ctx.error(
+            f"cannot tell the format from the columns ({columns}): expected 'messages' (chat) or 'prompt' and "
+            "'completion' (or 'instruction', 'input', 'output')"
+        )
+    return "chat" if is_chat else "prompt_completion"
+
+
+def load_file(path: str | PathLike, *, fmt: str | None = None, name: str | None = None) -> list[Record]:
+    """Records of a file of your own: JSONL/CSV/TSV (JSON and Parquet too) in a :data:`FILE_FORMATS` layout.
+
+    Args:
+        path: the file; its extension picks how it is read.
+        fmt: ``chat`` or ``prompt_completion``; None detects it from the first row's columns.
+        name: the records' ``source`` and id prefix; defaults to the file's stem (``data/my_task.jsonl`` ->
+            ``my_task``).
+
+    Every row is validated (a training file is read whole). ``is_harmful`` is provenance only, like every source's.
+
+    Raises:
+        DataError: naming the file, the 1-based line (JSONL, CSV, TSV; the 0-based row for JSON and Parquet) and the
+            field: an unknown extension, invalid JSON, a missing column, an unknown role, empty content, no
+            assistant turn, a non-boolean ``is_harmful``, an id used twice, an empty file.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _FILE_SUFFIXES:
+        raise DataError(
+            f"unknown file type '{path.suffix}': a data file of your own must be {', '.join(_FILE_SUFFIXES)}",
+            file=path,
+            hint="save it as JSON Lines (chat or prompt/completion) or CSV/TSV (prompt/completion)",
+        )
+    if fmt is not None and fmt not in _FILE_BUILDERS:
+        raise DataError(f"unknown data format '{fmt}' (known: {', '.join(FILE_FORMATS)})", file=path)
+    rows, lines = read_rows_with_lines(path)
+    if not rows:
+        raise DataError("the file holds no rows", file=path)
+    name = name or path.stem
+    contexts = [
+        FileRowContext(source=name, split="", file=str(path), index=i, line=line) for i, line in enumerate(lines)
+    ]
+    build = _FILE_BUILDERS[fmt or detect_format(rows[0], contexts[0])]
+    records: list[Record] = []
+    first_use: dict[str, FileRowContext] = {}
+    for row, ctx in zip(rows, contexts, strict=True):
+        record = build(row, ctx)
+        if record.id in first_use:  # scores, caches and reports address samples by id
+            seen = first_use[record.id]
+            at = f"line {seen.line}" if seen.line is not None else f"row {seen.index}"
+            raise ctx.error(f"id {record.id!r} is used twice (first at {at})", field="id")
+        first_use[record.id] = ctx
+        records.append(record)
+    return records
