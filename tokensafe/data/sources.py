@@ -212,8 +212,8 @@ def _prompt_only(prompt: str, *, harmful: bool, meta_columns: Mapping[str, str] 
     return build
 
 
-def _chat_messages(row: Row, ctx: RowContext) -> Record:
-    """``pure_bad``: a ``messages`` column holding OpenAI-style chat turns, as a list or as a JSON string."""
+def _messages_list(row: Row, ctx: RowContext) -> list[Any]:
+    """The row's ``messages`` value as a non-empty list (a JSON string, as in a CSV cell, is decoded first)."""
     value = ctx.value(row, "messages")
     if isinstance(value, str):
         try:
@@ -222,6 +222,12 @@ def _chat_messages(row: Row, ctx: RowContext) -> Record:
             raise ctx.error(f"messages is not valid JSON: {err.msg}", field="messages") from err
     if not isinstance(value, list) or not value:
         raise ctx.error("messages must be a non-empty list of {role, content} objects", field="messages")
+    return value
+
+
+def _chat_messages(row: Row, ctx: RowContext) -> Record:
+    """``pure_bad``: a ``messages`` column holding OpenAI-style chat turns, as a list or as a JSON string."""
+    value = _messages_list(row, ctx)
     messages: list[Message] = []
     for turn, message in enumerate(value):
         if (
@@ -745,14 +751,7 @@ def _file_chat(row: Row, ctx: FileRowContext) -> Record:
     line) rather than at tokenisation, which only knows the position in the mixture."""
     from tokensafe.data.tokenize import validate_messages  # deferred: tokenize imports transformers
 
-    value = ctx.value(row, "messages")
-    if isinstance(value, str):  # a CSV cell
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ctx.error(f"messages is not valid JSON: {err.msg}", field="messages") from err
-    if not isinstance(value, list) or not value:
-        raise ctx.error("messages must be a non-empty list of {role, content} objects", field="messages")
+    value = _messages_list(row, ctx)
     messages: list[Message] = []
     for k, turn in enumerate(value):
         where = f"messages[{k}]"
