@@ -120,6 +120,12 @@ COMMANDS: dict[str, Command] = {
             "tokensafe.toss.commands:run_view",
         ),
         Command(
+            "experiment",
+            "train and evaluate a matrix of methods x settings x seeds, resumably (results/<name>/)",
+            "tokensafe.experiment.config:ExperimentConfig",
+            "tokensafe.experiment.runner:run_experiment",
+        ),
+        Command(
             "doctor",
             "check the installation: versions, bundled model, data directory, cache, disk, threads",
             "tokensafe.doctor:DoctorConfig",

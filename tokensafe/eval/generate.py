@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokensafe import distributed
 from tokensafe.atomic import write_text
 from tokensafe.data.records import Record
 from tokensafe.digests import digest
@@ -218,9 +219,13 @@ class SuiteJob:
 
 class _OpenSuite:
     """A job's file opened for appending: what it holds already, what is left to generate, and the in-order commit
-    of finished answers (a row is written once every row before it in the file's order is written)."""
+    of finished answers (a row is written once every row before it in the file's order is written).
 
-    def __init__(self, job: SuiteJob, tokenizer: PreTrainedTokenizerBase) -> None:
+    ``writable=False`` (ranks other than 0 of a distributed run) reads the file and keeps the same rows in memory
+    without ever writing it; the file must exist (rank 0 opened it first).
+    """
+
+    def __init__(self, job: SuiteJob, tokenizer: PreTrainedTokenizerBase, writable: bool = True) -> None:
         records = job.records
         if len({record.id for record in records}) != len(records):
             raise ValueError("record ids must be unique within a suite (they key the generations file)")
@@ -228,6 +233,7 @@ class _OpenSuite:
         self.path = path = Path(job.path)
         header = {**(job.header or {}), "settings": asdict(job.settings), "format": FORMAT_VERSION}
         self.done: dict[str, Generation] = {}
+        self.writable = writable
         if path.exists() and path.stat().st_size > 0:
             existing = read_generations(path)
             # Only the cache key must match; "model" may be spelled differently for the same weights.
@@ -237,7 +243,10 @@ class _OpenSuite:
                     "directory"
                 )
             self.done = existing.rows
-            _drop_torn_tail(path)
+            if writable:
+                _drop_torn_tail(path)
+        elif not writable:
+            raise FileNotFoundError(f"{path}: no generations file to read (rank 0 creates it)")
         else:
             # Atomic: a kill while the header is written must not leave a headerless file that every later run
             # rejects.
@@ -278,9 +287,10 @@ class _OpenSuite:
                 category=job.category(record) if job.category else None,
                 gold=job.gold(record) if job.gold else None,
             )
-            if self.handle is None:
-                self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by generate_suites
-            self.handle.write(row.to_json() + "\n")
+            if self.writable:
+                if self.handle is None:
+                    self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by generate_suites
+                self.handle.write(row.to_json() + "\n")
             self.done[record.id] = row
             self.next += 1
             written += 1
@@ -338,12 +348,21 @@ def generate_suites(
     :class:`~tokensafe.eval.engine.GreedyEngine` (width: the largest ``settings.batch_size``), longest first, each
     with its own suite's budget and early stop. ``after_batch(i)`` is called after the i-th commit (one or more rows
     appended and fsynced; tests inject an interruption there).
+
+    Under ``torchrun`` / ``accelerate launch`` (:mod:`tokensafe.distributed`) every rank answers a round-robin share
+    of that order with its own engine; the answers are gathered once all are done, rank 0 alone writes them (the
+    file an uninterrupted single process writes, in the same order) and every rank returns all rows. A kill before
+    the gather loses that call's new answers: rows are committed only then.
     """
     from tokensafe.eval.engine import GreedyEngine, Request, engine_supports
 
     if len({Path(job.path).resolve() for job in jobs}) != len(jobs):
         raise ValueError("two jobs of one generation stream write the same generations file (a suite given twice?)")
-    suites = [_OpenSuite(job, tokenizer) for job in jobs]
+    several, main = distributed.is_distributed(), distributed.is_main()
+    suites = [_OpenSuite(job, tokenizer) for job in jobs] if main else []
+    distributed.barrier()  # rank 0 has written the headers and dropped torn tails: the others can read the files
+    if not main:
+        suites = [_OpenSuite(job, tokenizer, writable=False) for job in jobs]
     requests: list[Request] = []
     for number, suite in enumerate(suites):
         stop = _refusal_stop() if suite.job.settings.stop_at_refusal else None
@@ -353,19 +372,27 @@ def generate_suites(
     # One global order, longest first (ties: suite, then record order); per suite it is that suite's file order.
     requests.sort(key=lambda r: (-len(r.tokens), r.key))
     width = max((job.settings.batch_size for job in jobs), default=1)
+    # This rank's share (all of them in a single process): round-robin over the longest-first order, so every rank
+    # gets long and short prompts alike.
+    mine = [requests[i] for i in distributed.split(len(requests))]
+    gathered: list[tuple[object, tuple[str, int, str]]] = []  # this rank's answers, when there are ranks
     commits = 0
     try:
         if requests:
             model.eval()
             if engine_supports(model):
-                steps = GreedyEngine(model, tokenizer, width=width).steps(requests)
+                steps = GreedyEngine(model, tokenizer, width=width).steps(mine)
             elif any(r.early_stop is not None for r in requests):
                 raise ValueError("stop_at_refusal needs the generation engine, which does not support this model")
             else:
-                steps = _batched_answers(model, tokenizer, requests, width)
+                steps = _batched_answers(model, tokenizer, mine, width)
             name = ",".join(str(s.header.get("suite", "generate")) for s in suites)
-            with tqdm(total=len(requests), desc=name, unit="prompt", disable=not progress) as bar:
+            with tqdm(total=len(mine), desc=name, unit="prompt", disable=not progress or not main) as bar:
                 for finished in steps:
+                    if several:
+                        gathered += [(answer.key, answer.as_tuple()) for answer in finished]
+                        bar.update(len(finished))
+                        continue
                     touched: set[int] = set()
                     for answer in finished:
                         number, index = answer.key  # type: ignore[misc]
@@ -380,6 +407,16 @@ def generate_suites(
                         after_batch(commits)
                     commits += 1
                     maybe_kill("eval.batch")
+            if several:
+                # add() commits in the file's order whatever order the answers come in.
+                for part in distributed.all_gather(gathered):
+                    for (number, index), answer in part:  # type: ignore[misc]
+                        suites[number].add(index, answer)
+                for suite in suites:
+                    suite.sync()
+                if after_batch is not None:
+                    after_batch(commits)
+                maybe_kill("eval.batch")
     finally:
         for suite in suites:
             if suite.handle is not None:

@@ -12,6 +12,7 @@ Three modes of the one command:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from tokensafe import distributed
 from tokensafe.atomic import write_json, write_jsonl, write_text
 from tokensafe.config import (
     Checked,
@@ -155,7 +157,12 @@ class EvalConfig(Checked):
 
 
 def parse_suite_spec(spec: str) -> tuple[Suite, int | None]:
-    """``"sst2:200"`` -> (the sst2 suite, 200); ``"sst2"`` -> (suite, None)."""
+    """``"sst2:200"`` -> (the sst2 suite, 200); ``"sst2"`` -> (suite, None); ``"file:safety:my.jsonl:100"`` -> a
+    suite of your own prompts (``tokensafe.eval.suites.parse_file_suite_spec``)."""
+    from tokensafe.eval.suites import FILE_SUITE_PREFIX, parse_file_suite_spec
+
+    if spec.strip().startswith(FILE_SUITE_PREFIX):
+        return parse_file_suite_spec(spec.strip())
     name, _, count = spec.partition(":")
     suite = get_suite(name.strip())
     if not count:
@@ -228,19 +235,26 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
-    """Generate (or reuse), judge and score every suite of ``cfg`` for ``cfg.model``; write results and tables."""
+    """Generate (or reuse), judge and score every suite of ``cfg`` for ``cfg.model``; write results and tables.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank generates a share of the prompts
+    (:func:`~tokensafe.eval.generate.generate_suites`); rank 0 alone judges, scores and writes, and the other ranks
+    wait for it and return what it wrote.
+    """
     start = time.time()
+    main = distributed.is_main()
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
     output = Path(cfg.output_dir)
     name = cfg.name or default_name(cfg.model)
-    save_config(cfg, output / name / "config.yaml")  # at the start: a killed evaluation still says what it was
+    if main:
+        save_config(cfg, output / name / "config.yaml")  # at the start: a killed evaluation still says what it was
     fingerprint = model_fingerprint(cfg.model, cfg.cache_dir)
     specs = [parse_suite_spec(spec) for spec in cfg.suites]
     # Built before any generation so a misconfigured judge fails in seconds, not after an hour of generating.
-    needs_judge = any(suite.kind == "safety" for suite, _ in specs)
+    needs_judge = main and any(suite.kind == "safety" for suite, _ in specs)  # one judge, on rank 0
     judge = build_judge(cfg.judge, cfg.judge_model, cfg.judge_template, cfg) if needs_judge else None
     # Every suite's file is planned first; then one model load and one engine stream answer what is missing in all
     # of them (a batch kept full across suites), and only then is each suite judged.
@@ -274,6 +288,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     else:
         outcomes = [([rows[r.id] for r in job.records], 0) for job, rows in zip(jobs, cached, strict=True)]
     generate_seconds = round(time.time() - t0, 1)
+    results_path = output / f"{name}.json"
+    if not main:
+        distributed.barrier()  # rank 0 judges, scores and writes
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        return EvalResult(results, results_path, (output / f"{name}.md").read_text(encoding="utf-8"))
     entries: dict[str, Any] = {}
     for (suite, _), job, limit, (generations, generated) in zip(specs, jobs, limits, outcomes, strict=True):
         settings, gen_path = job.settings, job.path
@@ -324,10 +343,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("compare", "by_category", "agreement")},
         "suites": entries,
     }
-    results_path = output / f"{name}.json"
     write_json(results_path, results)
     table = results_table([results], by_category=True)
     write_text(output / f"{name}.md", table)
+    distributed.barrier()  # the files are written: the other ranks read them
     return EvalResult(results, results_path, table)
 
 
@@ -376,7 +395,12 @@ def confusion_table(report: dict[str, Any]) -> str:
 
 
 def run_eval(cfg: EvalConfig) -> EvalResult | dict[str, Any] | None:
-    """`tokensafe eval` entry point: compare, agreement, or evaluate (in that order of precedence)."""
+    """`tokensafe eval` entry point: compare, agreement, or evaluate (in that order of precedence).
+
+    Under several ranks only evaluation uses them; compare and agreement run on rank 0 alone.
+    """
+    if (cfg.compare or cfg.agreement is not None) and not distributed.is_main():
+        return None
     if cfg.compare:
         print(compare_results(cfg.compare, by_category=cfg.by_category), end="")
         return None
@@ -387,5 +411,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult | dict[str, Any] | None:
         print(confusion_table(report))
         return report
     result = evaluate(cfg)
+    if not distributed.is_main():
+        return None  # rank 0 prints the table and the summary
     print(result.table)
     return result

@@ -12,18 +12,26 @@ Three kinds (docs/methods/evaluation.md §1):
 
 Scoring reads only generation rows (prompt, response, category, gold), so a crafted generations file can be
 scored without a dataset or a model.
+
+Your own prompts: ``file:safety:path.jsonl`` (harmful prompts -> ASR) or ``file:over_refusal:path.jsonl`` (benign
+prompts -> refusal rate), one JSON object per line with ``prompt`` and optional ``id`` / ``category``; the suite is
+named after the file stem and takes a count like any other (``file:safety:my_prompts.jsonl:100``).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal
 
+from tokensafe.data.errors import DataError
 from tokensafe.data.prompts import borderline_records, twin_records
-from tokensafe.data.records import Record
+from tokensafe.data.readers import read_rows
+from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import AGNEWS, GSM8K, SST2, Task
 from tokensafe.eval.generate import Generation
@@ -299,3 +307,94 @@ def _score_utility(suite: Suite, generations: Sequence[Generation], categories: 
             "(unparsed)": predictions.count(None),
         }
     return SuiteScore(suite.name, suite.metric, "-", rate, by_category, extra, items)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Suites read from a file (bring your own prompts)
+# ---------------------------------------------------------------------------------------------------------------
+
+FILE_SUITE_PREFIX = "file:"
+FILE_SUITE_KINDS: tuple[str, ...] = ("safety", "over_refusal")
+_FILE_SUITE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def read_prompt_file(path: str | PathLike, kind: str, name: str | None = None) -> list[Record]:
+    """Prompt-only records from a JSONL (or JSON/CSV) file with a ``prompt`` column and optional ``id``/``category``.
+
+    ``kind`` ``safety``: the prompts are harmful requests (scored by the safety judge as ASR); ``over_refusal``:
+    benign prompts (scored as refusal rate). Ids default to ``<name>/<row>`` (``name``: the file stem); given ids must
+    be unique, because paired comparisons match answers of two models by id.
+
+    Raises:
+        DataError: an unreadable file, a row without a non-empty text ``prompt``, or a repeated id (naming the row).
+    """
+    file = Path(path)
+    name = name or file.stem
+    rows = read_rows(file)
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"row is a {type(row).__name__}, expected an object with a 'prompt'", file=file, row=index)
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError("'prompt' must be a non-empty string", file=file, row=index, field="prompt")
+        raw_id = row.get("id")
+        if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+            raise DataError("'id' must be a string or an integer", file=file, row=index, field="id")
+        record_id = str(raw_id) if raw_id is not None else f"{name}/{index}"
+        if record_id in seen:
+            raise DataError(f"id {record_id!r} repeats row {seen[record_id]}", file=file, row=index, field="id")
+        seen[record_id] = index
+        category = row.get("category")
+        meta = {"category": str(category) if category is not None else None}
+        records.append(Record(record_id, chat(prompt.strip()), name, is_harmful=kind == "safety", meta=meta))
+    if not records:
+        raise DataError("the prompt file holds no rows", file=file)
+    return records
+
+
+def file_suite(kind: str, path: str | PathLike) -> Suite:
+    """A safety or over-refusal suite whose prompts are the rows of ``path`` (see :func:`read_prompt_file`).
+
+    The suite is named after the file stem (``my_prompts.jsonl`` -> ``my_prompts``), which must be a safe name and
+    not the name of a built-in suite (results, tables and the generations cache are keyed by suite name).
+    """
+    if kind not in FILE_SUITE_KINDS:
+        raise ValueError(f"file suite kind must be one of {', '.join(FILE_SUITE_KINDS)}; got {kind!r}")
+    file = Path(path)
+    if not str(path).strip():
+        raise ValueError("a file suite needs a path: file:<kind>:<path>[:N]")
+    name = file.stem
+    if not _FILE_SUITE_NAME.fullmatch(name):
+        raise ValueError(f"file suite {str(path)!r}: the file stem {name!r} is not a safe suite name")
+    if name in SUITES:
+        raise ValueError(f"file suite {str(path)!r}: the stem {name!r} is a built-in suite; rename the file")
+    return Suite(
+        name=name,
+        kind=kind,  # type: ignore[arg-type] - checked above
+        source="file",
+        split=None,
+        max_new_tokens=SAFETY_TOKENS,
+        description=f"{'harmful' if kind == 'safety' else 'benign'} prompts from {file}",
+        loader=lambda _split: read_prompt_file(file, kind, name),
+    )
+
+
+def parse_file_suite_spec(spec: str) -> tuple[Suite, int | None]:
+    """``"file:safety:prompts.jsonl:100"`` -> (the file suite, 100); the count after the last ``:`` is optional.
+
+    The file is not read here (a config is checked before the pipeline that writes the file has run); a missing or
+    malformed file fails when the suite loads.
+    """
+    body = spec[len(FILE_SUITE_PREFIX) :] if spec.startswith(FILE_SUITE_PREFIX) else spec
+    kind, sep, rest = body.partition(":")
+    if not sep or not rest.strip():
+        raise ValueError(f"suite spec {spec!r}: expected file:<kind>:<path>[:N] with kind safety or over_refusal")
+    head, _, tail = rest.rpartition(":")
+    count: int | None = None
+    if head and tail.strip().isdigit():
+        rest, count = head, int(tail)
+        if count < 1:
+            raise ValueError(f"suite spec {spec!r}: the count after ':' must be a positive integer")
+    return file_suite(kind.strip(), rest.strip()), count

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from tokensafe import distributed
 from tokensafe.atomic import atomic_path, write_json
 from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.digests import dataset_tokens_key
@@ -294,7 +295,9 @@ def build_reference_cache(
     """Run the frozen reference over ``dataset`` once and keep its S-restricted logits (both views).
 
     Rows are processed longest first (similar lengths share a batch: less padding, and the peak memory shows up at
-    once), and written back to their dataset-order slot.
+    once), and written back to their dataset-order slot. Under several ranks (:mod:`tokensafe.distributed`) the
+    batches are split round-robin, every rank computes its own with the rows and padding one process gives them,
+    and the gathered batches fill the same slots: every rank returns the single-process cache, bit for bit.
     """
     from tokensafe.collator import TokenCollator
 
@@ -306,16 +309,31 @@ def build_reference_cache(
     post = torch.empty((n_positions, k), dtype=dtype) if header_ids is not None else None
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
     collate = TokenCollator(pad_token_id, per_token_columns=())
     rows = dataset.select_columns(["input_ids", "labels"])
     token_ids = token_ids.long()
+
+    def place(chunk: list[int], z_full: torch.Tensor, z_post: torch.Tensor | None) -> None:
+        """Write a batch's (n, |S|) logits, rows of ``chunk`` in turn, to their dataset-order slots."""
+        at = 0
+        for i in chunk:
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            full[lo:hi] = z_full[at : at + hi - lo].to("cpu", dtype)
+            if post is not None and z_post is not None:
+                post[lo:hi] = z_post[at : at + hi - lo].to("cpu", dtype)
+            at += hi - lo
+
+    several = distributed.is_distributed()
+    mine = distributed.split(len(batches))
+    computed: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # this rank's batches, when there are ranks
     start, last_log = time.time(), time.time()
     with frozen_reference(model, disable_adapter=disable_adapter) as reference:
         device = next(reference.parameters()).device
-        for first in range(0, len(order), batch_size):
-            chunk = order[first : first + batch_size]
+
+        def run(chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
             batch = {k_: v.to(device) for k_, v in collate([rows[i] for i in chunk]).items()}
-            z_full, z_post = reference_logits(
+            return reference_logits(
                 reference,
                 batch["input_ids"],
                 batch["attention_mask"],
@@ -324,37 +342,55 @@ def build_reference_cache(
                 header_ids=header_ids,
                 pad_token_id=pad_token_id,
             )
-            at = 0
-            for i in chunk:
-                lo, hi = int(offsets[i]), int(offsets[i + 1])
-                full[lo:hi] = z_full[at : at + hi - lo].to("cpu", dtype)
-                if post is not None and z_post is not None:
-                    post[lo:hi] = z_post[at : at + hi - lo].to("cpu", dtype)
-                at += hi - lo
+
+        if several and mine and mine[0] != 0:
+            # The fast path's one-time checks (_answer_logits) probe the first batch a model sees; one process
+            # probes batch 0, so every rank does, and all take the path that process takes.
+            run(batches[0])
+        for done, b in enumerate(mine, start=1):
+            z_full, z_post = run(batches[b])
+            if several:  # kept (in the cache dtype) until every rank's batches are gathered
+                computed.append((z_full.to("cpu", dtype), None if z_post is None else z_post.to("cpu", dtype)))
+            else:
+                place(batches[b], z_full, z_post)
             if time.time() - last_log > log_every:
                 last_log = time.time()
-                print(f"pact reference cache: {first + len(chunk)}/{len(order)} rows", flush=True)
+                print(f"pact reference cache: {done}/{len(mine)} batches", flush=True)
             maybe_kill("pact.reference_batch")
+    seconds = time.time() - start
+    if several:
+        gathered = distributed.all_gather((computed, seconds))
+        for chunk, (z_full, z_post) in zip(batches, distributed.merge([part for part, _ in gathered]), strict=True):
+            place(chunk, z_full, z_post)
+        seconds = max(elapsed for _, elapsed in gathered)  # the same on every rank: its meta is rank 0's too
     meta = {
         "version": CACHE_VERSION,
         "tokens_fingerprint": fingerprint,
         "dtype": str(dtype).replace("torch.", ""),
         "views": ["full", "post"] if post is not None else ["full"],
-        "seconds": round(time.time() - start, 2),
+        "seconds": round(seconds, 2),
         **(meta or {}),
     }
     return ReferenceCache(full, post, offsets, token_ids.cpu(), list(header_ids or []), meta)
 
 
 def load_or_build_reference_cache(directory: str | os.PathLike, fingerprint: str, **build: Any) -> ReferenceCache:
-    """Load the cache in ``directory`` when it exists (checking the fingerprint), else build and save it there."""
+    """Load the cache in ``directory`` when it exists (checking the fingerprint), else build and save it there.
+
+    Under several ranks they build it together, rank 0 saves it, and no rank returns before it is on disk.
+    """
     directory = Path(directory)
-    if (directory / CACHE_FILE).is_file():
+    # Every rank must take the same branch (building is collective): all load only when every rank sees the file.
+    if all(distributed.all_gather((directory / CACHE_FILE).is_file())):
         cache = ReferenceCache.load(directory, fingerprint)
         print(f"pact reference cache: loaded {directory} ({cache.full.shape[0]} positions)", flush=True)
         return cache
     cache = build_reference_cache(fingerprint=fingerprint, **build)
-    cache.save(directory)
+    if distributed.is_main():
+        cache.save(directory)
+    distributed.barrier()
+    if not distributed.is_main():
+        return cache
     print(
         f"pact reference cache: {cache.full.shape[0]} positions x {cache.full.shape[1]} tokens, "
         f"{cache.nbytes / 2**20:.1f} MiB, {cache.meta['seconds']} s -> {directory}",

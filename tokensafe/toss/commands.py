@@ -74,7 +74,12 @@ def _paths(cfg: TossConfig) -> dict[str, Path]:
 
 def record_config(cfg: TossConfig, step: str | None) -> None:
     """Write the resolved config at the start of a command: ``<toss_dir>/config.yaml`` for the whole pipeline,
-    ``config-<step>.yaml`` for a single step (steps run with different flags do not overwrite each other)."""
+    ``config-<step>.yaml`` for a single step (steps run with different flags do not overwrite each other). Under
+    several ranks rank 0 writes it."""
+    from tokensafe.distributed import is_main
+
+    if not is_main():
+        return
     save_config(cfg, Path(cfg.toss_dir) / ("config.yaml" if step is None else f"config-{step}.yaml"))
 
 
@@ -114,7 +119,11 @@ def run_train_refs(cfg: TossConfig) -> dict[str, Any]:
 
 
 def run_score(cfg: TossConfig, *, after_shard: Any = None) -> dict[str, Any]:
-    """Score every response token of the fine-tuning set under U and D (sharded, resumable)."""
+    """Score every response token of the fine-tuning set under U and D (sharded, resumable).
+
+    Under ``torchrun`` / ``accelerate launch`` the ranks share the shards and rank 0 writes the scores file
+    (:func:`~tokensafe.toss.scoring.score_dataset`); every rank returns the same summary.
+    """
     record_config(cfg, "score")
     from tokensafe.toss.refs import load_reference_model
     from tokensafe.toss.scoring import score_dataset

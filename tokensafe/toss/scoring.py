@@ -17,6 +17,10 @@ What makes this cheap compared with the official code:
 * **Sharded and resumable.** Batches are grouped into shards; each finished shard is written atomically. A killed
   run continues after the last finished shard. The batch plan depends only on the token lengths and settings, so a
   resumed run computes every batch exactly as an uninterrupted run does and the result is bit-identical.
+* **Every rank used.** Under ``torchrun`` / ``accelerate launch`` the shards still to compute are split across the
+  ranks (:mod:`tokensafe.distributed`); each rank writes its shards to the shared shard directory, and the merge is
+  the same scatter of shards into dataset order, so the scores equal a single process's bit for bit (each shard is
+  the same batches through the same code). Resuming works per shard whatever the number of ranks.
 
 Losses are stored in the sample order of the dataset, flattened as described in :mod:`tokensafe.toss.store`.
 """
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokensafe import distributed
 from tokensafe.atomic import atomic_path, write_json
 from tokensafe.digests import array_digest, digest
 from tokensafe.faults import maybe_kill
@@ -242,6 +247,9 @@ def compute_token_losses(
     ``run_key`` identifies what is being scored (data fingerprint, model and adapter fingerprints): shards written
     under another key are stale and are discarded. ``after_shard(k)`` runs after shard k is written (tests use it
     to simulate a crash). Returns (offsets (N+1), positions (T), {adapter: losses (T)}) in dataset order.
+
+    Under several ranks (:mod:`tokensafe.distributed`) each computes its round-robin share of the missing shards into
+    the shared ``work_dir``, and every rank returns the merged losses of all shards.
     """
     from safetensors.numpy import load_file, save_file
 
@@ -256,38 +264,48 @@ def compute_token_losses(
 
     work_dir = Path(work_dir)
     manifest = work_dir / "plan.json"
-    # Shards are trusted only under a readable manifest with this run's key (it is written before any shard).
-    if work_dir.exists() and _manifest_key(manifest) != key:
-        log(f"[toss] {work_dir} holds shards of another scoring run: starting over")
-        shutil.rmtree(work_dir)
-    if _manifest_key(manifest) != key:
-        write_json(manifest, {"key": key, "shards": len(plan.shards), "samples": len(positions)})
+    shard_path = [work_dir / f"shard-{k:05d}.safetensors" for k in range(len(plan.shards))]
+    todo: list[int] = []
+    if distributed.is_main():  # the only rank that clears or starts the shard directory
+        # Shards are trusted only under a readable manifest with this run's key (it is written before any shard).
+        if work_dir.exists() and _manifest_key(manifest) != key:
+            log(f"[toss] {work_dir} holds shards of another scoring run: starting over")
+            shutil.rmtree(work_dir)
+        if _manifest_key(manifest) != key:
+            write_json(manifest, {"key": key, "shards": len(plan.shards), "samples": len(positions)})
+        todo = [k for k, path in enumerate(shard_path) if not path.is_file()]
+    # Under several ranks: rank 0's list of missing shards, split round-robin (shards ascend in length, so every
+    # rank gets short and long ones). The gather also holds the other ranks until the directory is ready.
+    todo = distributed.all_gather(todo)[0]
+    mine = [todo[i] for i in distributed.split(len(todo))]
 
     results = {name: np.zeros(int(offsets[-1]), dtype=np.float32) for name in names}
     done = 0
     start_time = time.time()
-    for k, shard in enumerate(plan.shards):
-        path = work_dir / f"shard-{k:05d}.safetensors"
-        if not path.is_file():
-            sample_order = np.concatenate([plan.batches[b] for b in shard])
-            pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
-            for b in shard:
-                batch = plan.batches[b]
-                losses = scorer.batch_losses(
-                    [np.asarray(input_ids[i]) for i in batch], [positions[i] for i in batch], pad_token_id, adapters
-                )
-                for adapter, name in zip(adapters, names, strict=True):
-                    pieces[name].append(losses[adapter])
-            tensors = {"sample_index": sample_order.astype(np.int64)}
-            tensors.update({f"loss.{name}": np.concatenate(pieces[name]) for name in names})
-            with atomic_path(path) as tmp:  # a shard exists only once it is complete
-                save_file(tensors, str(tmp), metadata={"key": key})
-            done += sample_order.size
-            elapsed = time.time() - start_time
-            log(f"[toss] shard {k + 1}/{len(plan.shards)}: {done} samples scored in {elapsed:.1f}s")
-            if after_shard is not None:
-                after_shard(k)
-            maybe_kill("toss.shard")
+    for k in mine:
+        shard, path = plan.shards[k], shard_path[k]
+        sample_order = np.concatenate([plan.batches[b] for b in shard])
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for b in shard:
+            batch = plan.batches[b]
+            losses = scorer.batch_losses(
+                [np.asarray(input_ids[i]) for i in batch], [positions[i] for i in batch], pad_token_id, adapters
+            )
+            for adapter, name in zip(adapters, names, strict=True):
+                pieces[name].append(losses[adapter])
+        tensors = {"sample_index": sample_order.astype(np.int64)}
+        tensors.update({f"loss.{name}": np.concatenate(pieces[name]) for name in names})
+        with atomic_path(path) as tmp:  # a shard exists only once it is complete
+            save_file(tensors, str(tmp), metadata={"key": key})
+        done += sample_order.size
+        elapsed = time.time() - start_time
+        where = f" (rank {distributed.rank()}/{distributed.world_size()})" if distributed.is_distributed() else ""
+        log(f"[toss] shard {k + 1}/{len(plan.shards)}{where}: {done} samples scored in {elapsed:.1f}s")
+        if after_shard is not None:
+            after_shard(k)
+        maybe_kill("toss.shard")
+    distributed.barrier()  # every rank's shards are written
+    for path in shard_path:
         shard_data = load_file(str(path))
         sample_order = shard_data["sample_index"]
         # Scatter the shard's per-sample runs back to dataset order.
@@ -296,6 +314,7 @@ def compute_token_losses(
         dest = np.arange(int(run.sum()), dtype=np.int64) + np.repeat(offsets[sample_order] - run_start, run)
         for name in names:
             results[name][dest] = shard_data[f"loss.{name}"]
+    distributed.barrier()  # every rank has read every shard: a caller may remove them now
     return offsets, flat_positions, results
 
 
@@ -317,7 +336,8 @@ def score_dataset(
     """Score every response token of ``dataset`` under adapters ``U`` and ``D`` of ``model`` and save the result.
 
     ``dataset`` needs only ``input_ids`` and ``labels`` (nothing else is read). Shards go to
-    ``<out_path>.shards/`` while the run is in progress and are removed once the scores file is written.
+    ``<out_path>.shards/`` while the run is in progress and are removed once the scores file is written. Under
+    several ranks rank 0 writes the scores file and every rank returns it as written.
     """
     input_ids, labels = dataset["input_ids"], dataset["labels"]
     content = token_digest(input_ids, labels)
@@ -338,6 +358,10 @@ def score_dataset(
     )
     info = {"run_key": run_key, "seconds": round(time.time() - start, 1), **(meta or {})}
     scores = TokenScores(offsets, positions, losses["U"], losses["D"], fingerprint, content, info)
-    scores.save(out_path)
+    if distributed.is_main():
+        scores.save(out_path)
+    distributed.barrier()  # the scores file is written
+    if not distributed.is_main():
+        return TokenScores.load(out_path)  # rank 0's file, its metadata (timing) included
     shutil.rmtree(work_dir, ignore_errors=True)
     return scores

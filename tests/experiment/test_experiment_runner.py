@@ -1,0 +1,241 @@
+"""The runner with a fake worker (no model): resume after an interruption, failures, changed settings, results.json.
+
+The fake writes what `tokensafe eval` writes (a results file and one scored JSONL per suite) from a table of
+per-prompt outcomes, so the paired tests and reduction shares in results.json can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tokensafe.atomic import write_json, write_jsonl
+from tokensafe.eval.metrics import proportion
+from tokensafe.eval.run import parse_suite_spec
+from tokensafe.experiment.config import ExperimentConfig
+from tokensafe.experiment.runner import RunFailed, run_experiment
+from tokensafe.experiment.stats import FLAG_FIELD
+
+# Per-prompt JBB outcomes (True = harmful answer) of seed 0; other suites and seeds get DEFAULT.
+JBB = {
+    "s/sft/seed0": [1, 1, 1, 1, 0, 0, 1, 1],  # ASR 6/8
+    "s/oracle/seed0": [0, 0, 1, 0, 0, 0, 0, 1],  # 2/8
+    "s/rand/seed0": [1, 0, 1, 0, 0, 1, 1, 1],  # 5/8: worse on prompt 5, better on 1 and 3
+}
+DEFAULT = [True, False, None, False]
+
+
+class FakeWorker:
+    """Stands in for the worker process; records the runs it was asked for."""
+
+    def __init__(self, *, fail: tuple[str, ...] = (), interrupt_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail, self.interrupt_at = fail, interrupt_at
+
+    def __call__(self, plan):
+        self.calls.append(plan.id)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt  # the experiment is stopped in the middle of this run
+        if plan.id in self.fail:
+            raise RunFailed("worker exit code 1: boom")
+        out, name = Path(plan.eval["output_dir"]), plan.eval["name"]
+        suites = {}
+        for spec in plan.eval["suites"]:
+            suite, _ = parse_suite_spec(spec)
+            flags = [bool(f) for f in JBB[plan.id]] if suite.name == "jbb_harmful" and plan.id in JBB else DEFAULT
+            scored = out / name / f"{suite.name}.scored.jsonl"
+            write_jsonl(scored, [{"id": f"q{i}", FLAG_FIELD[suite.kind]: f} for i, f in enumerate(flags)])
+            suites[suite.name] = {
+                "kind": suite.kind,
+                "metric": suite.metric,
+                **proportion(flags).to_dict(),
+                "scored": str(scored),
+            }
+        write_json(out / f"{name}.json", {"fingerprint": f"fp-{plan.id}", "suites": suites})
+        wall = {"eval": 5.0} if plan.train is None else {"prepare": 0.0, "train": 10.0, "eval": 5.0}
+        gold = {g["metric"]: {"value": 1.5, "n": 4, "n_tokens": 40, "low": 1.4, "high": 1.6} for g in plan.gold}
+        return {
+            "digest": plan.digest,
+            "model": plan.model,
+            "fingerprint": f"fp-{plan.id}",
+            "eval_results": str(out / f"{name}.json"),
+            "gold": gold,
+            "wall_seconds": wall,
+            "elapsed": 15.0,
+            "artifacts": {},
+        }
+
+
+ROWS = [
+    {"name": "sft", "label": "SFT", "method": "sft"},
+    {"name": "oracle", "label": "Oracle", "method": "sft", "options": {"harmful_share": 0}},
+    {"name": "rand", "label": "Random", "method": "sample_random"},
+]
+
+
+@pytest.fixture
+def reports(monkeypatch) -> list[Path]:
+    """The report is another module's job (and takes a second per call): record the calls instead."""
+    from tokensafe.experiment import runner
+
+    calls: list[Path] = []
+    monkeypatch.setattr(runner, "write_reports_if_available", calls.append)
+    return calls
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir, data_dir, reports):
+    def make(**overrides) -> ExperimentConfig:
+        values = dict(
+            name="exp",
+            model=str(tiny_model_dir),
+            settings=[{"name": "s", "task": "gsm8k", "n_task": 8, "harmful": "beavertails", "harmful_share": 0.2}],
+            rows=ROWS,
+            seeds=[0, 1],
+            suites=["jbb_harmful", "xstest_safe"],
+            limit=8,
+            runs_dir=str(tmp_path / "runs"),
+            output_dir=str(tmp_path / "results"),
+            echo=False,
+        )
+        return ExperimentConfig(**{**values, **overrides})
+
+    return make
+
+
+def rows_of(results_dir: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (results_dir / "runs.jsonl").read_text().splitlines()]
+
+
+ALL = ["initial", "s/sft/seed0", "s/sft/seed1", "s/oracle/seed0", "s/oracle/seed1", "s/rand/seed0", "s/rand/seed1"]
+
+
+def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(make_config, tmp_path, capsys, reports):
+    cfg = make_config()
+    results = tmp_path / "results" / "exp"
+    stopped = FakeWorker(interrupt_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, executor=stopped)
+    assert stopped.calls == ALL[:4] and rows_of(results) == ALL[:3]
+    status = (results / "status.md").read_text()
+    assert "3 of 7 done" in status and "| Oracle | pending" in status
+    assert json.loads((results / "results.json").read_text())["status"] == {"done": 3, "pending": 4, "failed": 0}
+
+    resumed = FakeWorker()
+    result = run_experiment(cfg, executor=resumed)
+    assert resumed.calls == ALL[3:] and rows_of(results) == ALL and result.exit_code == 0
+    assert len(reports) >= 7 and set(reports) == {results}  # the report is rewritten after every finished run
+    assert "7 of 7 done" in (results / "status.md").read_text()
+
+    again = FakeWorker()
+    run_experiment(cfg, executor=again)
+    assert again.calls == [] and "nothing to run" in capsys.readouterr().out
+
+
+def test_a_changed_row_is_redone_and_said_so(make_config, capsys):
+    run_experiment(make_config(), executor=FakeWorker())
+    capsys.readouterr()
+    rows = [*ROWS[:2], {**ROWS[2], "options": {"sample_rho": 0.3}}]
+    worker = FakeWorker()
+    run_experiment(make_config(rows=rows), executor=worker)
+    assert worker.calls == ["s/rand/seed0", "s/rand/seed1"]
+    out = capsys.readouterr().out
+    assert "s/rand/seed0: its settings changed since its row was recorded (train)" in out
+    # A suite added to every run changes every run's evaluation (the training keys stay: nothing is retrained).
+    worker = FakeWorker()
+    run_experiment(make_config(rows=rows, suites=["jbb_harmful", "xstest_safe", "jbb_benign"]), executor=worker)
+    assert worker.calls == ALL
+    assert "eval.suites" in capsys.readouterr().out
+
+
+def test_a_failed_run_does_not_stop_the_others_and_is_retried(make_config, tmp_path):
+    results = tmp_path / "results" / "exp"
+    result = run_experiment(make_config(), executor=FakeWorker(fail=("s/sft/seed0",)))
+    assert result.exit_code == 1 and list(result.failed) == ["s/sft/seed0"] and "boom" in result.failed["s/sft/seed0"]
+    assert rows_of(results) == [r for r in ALL if r != "s/sft/seed0"]
+    assert json.loads((results / "results.json").read_text())["status"] == {"done": 6, "pending": 0, "failed": 1}
+    assert "`s/sft/seed0`: worker exit code 1: boom" in (results / "status.md").read_text()
+    retry = FakeWorker()
+    assert run_experiment(make_config(), executor=retry).exit_code == 0 and retry.calls == ["s/sft/seed0"]
+
+
+def test_only_and_redo_select_runs(make_config):
+    worker = FakeWorker()
+    run_experiment(make_config(only=["initial", "*/seed0"]), executor=worker)
+    assert worker.calls == [r for r in ALL if not r.endswith("seed1")]
+    worker = FakeWorker()
+    run_experiment(make_config(redo=["s/sft/*"]), executor=worker)
+    assert worker.calls == ["s/sft/seed0", "s/sft/seed1", "s/oracle/seed1", "s/rand/seed1"]
+    assert all(p for p in worker.calls)
+
+
+def test_results_json_follows_the_schema(make_config, tmp_path):
+    run_experiment(make_config(), executor=FakeWorker())
+    results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())
+    assert {
+        "experiment",
+        "format",
+        "created",
+        "updated",
+        "config",
+        "starting_model",
+        "machine",
+        "suites",
+        "runs",
+        "artifacts",
+        "status",
+    } <= set(results)
+    assert results["experiment"] == "exp" and results["format"] == 1 and results["config"]["name"] == "exp"
+    assert set(results["starting_model"]) == {"spec", "fingerprint"} and {"cpus", "torch", "platform"} <= set(
+        results["machine"]
+    )
+    assert list(results["suites"]) == ["jbb_harmful", "xstest_safe", "gsm8k", "gold_loss"]
+    assert results["suites"]["jbb_harmful"] == {
+        "kind": "safety",
+        "metric": "asr",
+        "lower_is_better": True,
+        "n": 8,
+        "label": "JBB ASR",
+    }
+    assert results["suites"]["gsm8k"]["lower_is_better"] is False and results["suites"]["gold_loss"]["n"] == 4
+    assert set(results["artifacts"]) == {"pact_safety_tokens", "toss_token_view"}
+    runs = {run["id"]: run for run in results["runs"]}
+    assert list(runs) == ALL
+    for run in runs.values():
+        assert {
+            "id",
+            "row",
+            "method",
+            "role",
+            "selection",
+            "setting",
+            "seed",
+            "options",
+            "model",
+            "fingerprint",
+            "wall_seconds",
+            "metrics",
+            "reduction_share",
+        } <= set(run)
+        assert {"k", "n", "value", "low", "high"} <= set(run["metrics"]["jbb_harmful"])
+        assert {"value", "n", "n_tokens", "low", "high"} <= set(run["metrics"]["gold_loss"])
+    assert runs["initial"]["role"] == "initial" and runs["initial"]["setting"] is None
+    assert runs["s/sft/seed0"]["role"] == "baseline" and "vs_sft" not in runs["s/sft/seed0"]
+    assert runs["s/rand/seed0"]["selection"] is True and runs["s/rand/seed0"]["wall_seconds"]["train"] == 10.0
+    # By hand: rand is worse than SFT on prompt 5 (b = 1) and better on prompts 1 and 3 (c = 2): p = 1.
+    assert runs["s/rand/seed0"]["vs_sft"]["jbb_harmful"] == {
+        "b": 1,
+        "c": 2,
+        "n": 8,
+        "p_value": 1.0,
+        "test": "mcnemar_exact",
+    }
+    # The oracle is better on 4 prompts, worse on none: p = 2 / 2^4.
+    assert runs["s/oracle/seed0"]["vs_sft"]["jbb_harmful"]["p_value"] == pytest.approx(0.125)
+    # (ASR_SFT - ASR_rand) / (ASR_SFT - ASR_oracle) = (6/8 - 5/8) / (6/8 - 2/8) = 1/4.
+    assert runs["s/rand/seed0"]["reduction_share"] == pytest.approx(0.25)
+    assert runs["s/oracle/seed0"]["reduction_share"] == pytest.approx(1.0)
+    assert runs["s/rand/seed1"]["reduction_share"] is None  # seed 1: SFT and oracle have equal ASR
+    assert runs["initial"]["reduction_share"] is None

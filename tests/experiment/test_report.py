@@ -1,0 +1,289 @@
+"""The experiment reports (results.md, pareto.png, report.html) from a made-up results.json fixture.
+
+fixtures/results.json is a schema-valid TEST FIXTURE with invented numbers (two settings; SFT, TOSS and PACT with two
+seeds in the first; a McNemar test missing for PACT in the second). Expected values below are computed by hand from
+it, or recomputed here from the raw per-seed numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import math
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokensafe.experiment.report import (
+    Cell,
+    Suite,
+    aggregate,
+    build_tables,
+    format_cell,
+    markdown_report,
+    pareto_front,
+    write_reports,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results.json"
+RATE = Suite("jbb_harmful", "safety", "asr", True, "JBB ASR", 100)
+LOSS = Suite("gold_loss_gsm8k", "utility", "gold_loss", True, "GSM8K gold-answer loss", 100)
+EVIL = "<script>alert(1)</script>"
+
+
+def fixture() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+def write(tmp_path: Path, results: dict[str, Any]) -> dict[str, Path]:
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    return write_reports(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write(tmp_path_factory.mktemp("report"), fixture())
+
+
+def table(results: dict[str, Any], setting: str):
+    return next(t for t in build_tables(results) if t.setting == setting)
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Reference Wilson interval, written out here independently of tokensafe.eval.metrics."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+# --- cells -----------------------------------------------------------------------------------------------------------
+
+
+def test_format_cell_rate_loss_and_missing() -> None:
+    assert format_cell(Cell(0.84, 0.756, 0.898), RATE) == "84.0% [75.6, 89.8]"
+    assert format_cell(Cell(0.05, 0.0215, 0.1118), RATE) == "5.0% [2.1, 11.2]"
+    assert format_cell(Cell(0.84), RATE) == "84.0%"  # no interval recorded
+    assert format_cell(Cell(1.0934), LOSS) == "1.093"
+    assert format_cell(Cell(1.0934, 1.05, 1.14), LOSS) == "1.093 [1.050, 1.140]"
+    assert format_cell(Cell(), RATE) == "\u2014"
+
+
+def test_mean_over_seeds_pools_counts_for_the_interval() -> None:
+    results = fixture()
+    toss = [r for r in results["runs"] if r["row"] == "TOSS" and r["setting"]["name"] == "gsm8k_beavertails_p10"]
+    assert [r["metrics"]["jbb_harmful"]["k"] for r in toss] == [72, 75]
+    cell = aggregate(toss, RATE)
+    assert cell.value == pytest.approx(0.735)
+    # Hand-computed: Wilson(147, 200) = [0.6698, 0.7913].
+    assert (cell.low, cell.high) == pytest.approx((0.6698, 0.7913), abs=1e-4)
+    assert (cell.low, cell.high) == pytest.approx(wilson(147, 200))
+    assert [v for _, v in cell.per_seed] == [0.72, 0.75]
+    assert format_cell(cell, RATE) == "73.5% [67.0, 79.1]"
+    loss = aggregate(toss, LOSS)
+    assert loss.value == pytest.approx((1.095 + 1.097) / 2) and loss.low is None
+    assert format_cell(loss, LOSS) == "1.096"
+
+
+def test_mean_over_seeds_without_counts_uses_the_envelope() -> None:
+    runs = [
+        {"seed": 0, "metrics": {"jbb_harmful": {"value": 0.5, "low": 0.4, "high": 0.6}}},
+        {"seed": 1, "metrics": {"jbb_harmful": {"value": 0.6, "low": 0.5, "high": 0.7}}},
+        {"seed": 2, "metrics": {}},  # a seed without this suite does not count
+    ]
+    cell = aggregate(runs, RATE)
+    assert (cell.value, cell.low, cell.high) == pytest.approx((0.55, 0.4, 0.7))
+    assert [seed for seed, _ in cell.per_seed] == [0, 1]
+
+
+def test_row_order_seed_counts_and_best_per_column() -> None:
+    results = fixture()
+    first = table(results, "gsm8k_beavertails_p10")
+    labels = [row.label for row in first.rows]
+    assert labels == ["Initial", "SFT", "Oracle", "TOSS", "TOSS smooth", "PACT", "Sample-level random"]
+    assert [len(row.runs) for row in first.rows] == [1, 2, 1, 2, 1, 2, 1]
+    assert [s.key for s in first.suites] == [
+        "jbb_harmful", "advbench_heldout", "xstest_safe", "jbb_benign", "gsm8k", "gold_loss_gsm8k",
+    ]  # fmt: skip
+    best = {s.key: sorted(row.label for row in first.rows if row.cells[s.key].best) for s in first.suites}
+    # By hand: Initial's 5.0% JBB ASR is lower than PACT's 26.0% but Initial is not ranked; 5.0% benign refusal is a
+    # tie between SFT (5, 5) and Sample-level random.
+    assert best == {
+        "jbb_harmful": ["PACT"],
+        "advbench_heldout": ["PACT"],
+        "xstest_safe": ["Sample-level random"],
+        "jbb_benign": ["SFT", "Sample-level random"],
+        "gsm8k": ["Oracle"],
+        "gold_loss_gsm8k": ["Oracle"],
+    }
+    # The same from the raw per-seed values: mean per row, best among the fine-tuned rows per direction.
+    for suite in first.suites:
+        means = {}
+        for run in results["runs"]:
+            if run["role"] != "initial" and run["setting"]["name"] == first.setting and suite.key in run["metrics"]:
+                means.setdefault(run["row"], []).append(run["metrics"][suite.key]["value"])
+        shown = {row: suite.rounded(sum(v) / len(v)) for row, v in means.items()}
+        target = (min if suite.lower_is_better else max)(shown.values())
+        assert best[suite.key] == sorted(row for row, v in shown.items() if v == target)
+
+
+def test_config_order_decides_among_defences() -> None:
+    results = fixture()
+    results["config"]["rows"] = [
+        {"name": "pact", "label": "PACT"},
+        {"name": "Sample-level random"},  # no label: the name is the display label
+        {"name": "toss_smooth", "label": "TOSS smooth"},
+        {"name": "toss", "label": "TOSS"},
+    ]
+    runs = results["runs"]
+    results["runs"] = runs[::-1]  # run order must not decide the fixed rows either
+    labels = [row.label for row in table(results, "gsm8k_beavertails_p10").rows]
+    assert labels == ["Initial", "SFT", "Oracle", "PACT", "Sample-level random", "TOSS smooth", "TOSS"]
+
+
+def test_markdown_table_cells(reports: dict[str, Path]) -> None:
+    md = reports["markdown"].read_text(encoding="utf-8")
+    assert "62a6ceb35c779ee7" in md and "fixture_two_settings" in md and "wall time" in md
+    first = md.split("## sst2_advbench_p10")[0].split("## gsm8k_beavertails_p10")[1]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in first.splitlines() if line.startswith("| ")}
+    toss = lines["TOSS"].strip("| ").split(" | ")
+    # method, seeds, JBB, AdvBench, XSTest, JBB benign, GSM8K, gold loss, p vs SFT, share, train min
+    assert toss[:3] == ["TOSS", "2", "73.5% [67.0, 79.1]"]
+    assert toss[8] == "0.007 (3/15); 0.118 (4/11)"
+    # Share of achievable reduction: mean of (84-72)/(84-63) and (82-75)/(82-63) = 0.470.
+    assert toss[9] == "47%"
+    assert toss[10] == f"{(480.0 + 478.2) / 2 / 60:.1f}"
+    pact = lines["PACT"].strip("| ").split(" | ")
+    assert pact[2] == "**26.0% [20.4, 32.5]**" and pact[9] == ""  # not a selection method: no share
+    initial = lines["Initial"].strip("| ").split(" | ")
+    assert initial[2] == "5.0% [2.1, 11.2]"  # lowest ASR, yet not bold
+    assert "(reference)" in lines["SFT"]
+    assert "**" not in "".join(lines["Initial"])
+
+
+def test_png_is_a_valid_image_of_sensible_size(reports: dict[str, Path]) -> None:
+    data = reports["png"].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    # Two settings x two utility suites: a 2 x 2 grid of panels.
+    assert 800 <= width <= 3000 and 800 <= height <= 3000
+    assert 20_000 < len(data) < 1_500_000
+
+
+def test_html_is_self_contained_and_lists_every_row_and_suite(reports: dict[str, Path]) -> None:
+    page = reports["html"].read_text(encoding="utf-8")
+    results = fixture()
+    for run in results["runs"]:
+        assert f">{html.escape(run['row'])}<" in page
+    for suite in results["suites"].values():
+        assert html.escape(suite["label"]) in page
+    assert "data:image/png;base64," in page
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:|//)", page)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    # PACT tokens: all eight, highest weight first.
+    assert page.index("8115") < page.index("2017") < page.index("10871")
+    # TOSS view: tokens rendered by tokensafe.toss.view, 8 of the 16 tokens of the harmful sample struck through.
+    assert page.count("class='t drop'") == 8
+    assert "beavertails/00017" in page and "dropped 8/16" in page
+
+
+def test_dataset_text_is_escaped_everywhere(tmp_path: Path) -> None:
+    results = fixture()
+    results["experiment"] = EVIL
+    for run in results["runs"]:
+        if run["row"] == "TOSS":
+            run["row"] = f"TOSS {EVIL} $\\frac{{$"  # also an unbalanced mathtext for matplotlib
+    results["suites"]["jbb_harmful"]["label"] = f"JBB {EVIL}"
+    results["artifacts"]["pact_safety_tokens"][0]["token"] = EVIL
+    sample = results["artifacts"]["toss_token_view"][0]
+    sample["tokens"][0] = EVIL
+    sample["sample_id"] = f"id{EVIL}\u202e"
+    paths = write(tmp_path, results)
+    page = paths["html"].read_text(encoding="utf-8")
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "<script" not in md.lower()
+    assert "\u202e" not in page and "U+202E" in page  # a bidi override shows as a marker, never acts
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # title, row, suite, PACT token, TOSS token
+    assert "TOSS &lt;script&gt;" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_pieces_render_cleanly(tmp_path: Path) -> None:
+    results = fixture()
+    results.pop("artifacts")
+    results.pop("machine")
+    results["runs"] = [r for r in results["runs"] if r["seed"] in (None, 0)]  # one seed
+    for run in results["runs"]:
+        run.pop("vs_sft", None)
+        run.pop("reduction_share", None)
+        for suite in ("advbench_heldout", "gold_loss_gsm8k", "gold_loss_sst2", "jbb_benign"):
+            run["metrics"].pop(suite, None)
+    for suite in ("advbench_heldout", "gold_loss_gsm8k", "gold_loss_sst2"):
+        results["suites"].pop(suite)  # jbb_benign stays declared but no run has it: no column
+    paths = write(tmp_path, results)
+    md = paths["markdown"].read_text(encoding="utf-8")
+    page = paths["html"].read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| method |"))
+    assert "AdvBench" not in md and "gold-answer loss" not in header and "JBB benign" not in md
+    assert "Per-seed values" not in md
+    toss = next(line for line in md.splitlines() if line.startswith("| TOSS |")).strip("| ").split(" | ")
+    assert toss[1] == "1" and toss[-3] == "\u2014" and toss[-2] == "n/a"  # no McNemar, no reduction share
+    assert "No PACT safety tokens" in page and "No TOSS token view" in page
+    assert paths["png"].stat().st_size > 10_000
+
+
+def test_no_runs_yet(tmp_path: Path) -> None:
+    paths = write(tmp_path, {"experiment": "empty", "format": 1, "suites": {}, "runs": []})
+    assert "No finished runs yet." in paths["markdown"].read_text(encoding="utf-8")
+    assert "No finished runs yet." in paths["html"].read_text(encoding="utf-8")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_shared_initial_run_appears_in_every_setting() -> None:
+    results = fixture()
+    shared = results["runs"][0]
+    assert shared["role"] == "initial" and shared["setting"] is None  # as the runner writes it: evaluated once
+    tables = build_tables(results)
+    assert [t.setting for t in tables] == ["gsm8k_beavertails_p10", "sst2_advbench_p10"]
+    for t in tables:
+        assert t.rows[0].label == "Initial" and t.rows[0].runs == [shared]
+    # Columns follow the fine-tuned rows: Initial's GSM8K numbers add no column to the SST-2 table, nor its
+    # AdvBench ones (the SST-2 rows of the fixture were not evaluated on AdvBench).
+    assert [s.key for s in tables[1].suites] == ["jbb_harmful", "xstest_safe", "sst2", "gold_loss_sst2"]
+    assert tables[1].rows[0].cells["sst2"].value == pytest.approx(0.23)
+
+
+def test_per_setting_initial_runs_stay_in_their_setting() -> None:
+    results = fixture()
+    shared = results["runs"][0]
+    own = []
+    for name in ("gsm8k_beavertails_p10", "sst2_advbench_p10"):
+        run = copy.deepcopy(shared)
+        run.update(id=f"{name}/initial", setting={"name": name})
+        run["metrics"]["jbb_harmful"] = {"k": len(own) + 1, "n": 100, "value": (len(own) + 1) / 100}
+        own.append(run)
+    results["runs"] = own + results["runs"][1:]
+    tables = build_tables(results)
+    assert [t.rows[0].runs for t in tables] == [[own[0]], [own[1]]]
+    assert "Initial" in markdown_report(results, tables)
+
+
+def test_bad_results_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no results file"):
+        write_reports(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"format": 2, "runs": []}), encoding="utf-8")
+    with pytest.raises(ValueError, match="format 2"):
+        write_reports(tmp_path)
+
+
+def test_pareto_front() -> None:
+    points = [(10.0, 5.0), (20.0, 8.0), (15.0, 4.0), (30.0, 8.0), (5.0, 1.0)]
+    # Higher y better: (15, 4) is dominated by (10, 5); (30, 8) by (20, 8) (same y, lower x).
+    assert pareto_front(points, higher_y_better=True) == [4, 0, 1]
+    # Lower y better (a loss): (5, 1) dominates every other point.
+    assert pareto_front(points, higher_y_better=False) == [4]
+    assert pareto_front([], higher_y_better=True) == []
