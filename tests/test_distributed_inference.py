@@ -252,3 +252,27 @@ def test_eval_generation_on_two_ranks_equals_one_process(tmp_path, chatty_model_
             assert one[suite][key] == two[suite][key], (suite, key)
         scored = [(tmp_path / name / "chatty" / f"{suite}.scored.jsonl").read_text() for name in ("one", "two")]
         assert scored[0] == scored[1]
+
+
+def test_inference_placement_is_the_cpu_and_a_no_op_without_a_gpu(monkeypatch):
+    import torch
+
+    from tokensafe.distributed import inference_device, place_for_inference
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    layer = torch.nn.Linear(2, 2)
+    assert inference_device() == torch.device("cpu")
+    assert place_for_inference(layer) is layer
+
+
+def test_inference_placement_uses_the_local_rank_gpu(monkeypatch):
+    import torch
+
+    from tokensafe.distributed import inference_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "6")
+    assert inference_device() == torch.device("cuda", 2)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert inference_device() == torch.device("cuda", 0)

@@ -26,6 +26,7 @@ from typing import TypeVar
 import torch
 
 T = TypeVar("T")
+M = TypeVar("M", bound=torch.nn.Module)
 
 # Ranks wait for each other at a barrier or a gather only after their own share, and the shares are balanced, so
 # a wait is about one unit of work. The bound is generous because a unit may be a shard of an 8B model's scoring;
@@ -55,6 +56,21 @@ def is_distributed() -> bool:
 def is_main() -> bool:
     """Rank 0: the one process that writes merged results, logs summaries and judges."""
     return rank() == 0
+
+
+def inference_device() -> torch.device:
+    """Where this process runs inference (generation, scoring, gold-answer loss): its own GPU when there is one
+    (``cuda:LOCAL_RANK`` under a launcher, ``cuda:0`` alone), else the CPU. Training leaves placement to the
+    Trainer; the inference steps load their model on the CPU and move it here."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def place_for_inference(model: M) -> M:
+    """``model`` moved to :func:`inference_device` (unchanged on a CPU-only machine)."""
+    device = inference_device()
+    return model if device.type == "cpu" else model.to(device)
 
 
 def _ensure_group() -> None:

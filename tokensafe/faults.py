@@ -7,7 +7,7 @@ process sends SIGKILL to the process itself: no ``finally`` block, no ``atexit``
 exactly like ``kill -9`` from outside, but at a reproducible place. The cost when unset is one environment lookup.
 
 Points: ``train.checkpoint``, ``toss.shard``, ``toss.pro_fold``, ``eval.batch``, ``pact.reference_batch``,
-``toss.ref_adapter``.
+``toss.ref_adapter``, ``experiment.row`` (after a finished run's row is recorded).
 """
 
 from __future__ import annotations

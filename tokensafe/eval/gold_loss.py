@@ -166,7 +166,10 @@ def evaluate_gold_loss(
     from tokensafe.models import load_model
 
     records = heldout_records(task, n, data_dir=data_dir, split=split)
+    from tokensafe.distributed import place_for_inference
+
     model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
+    model = place_for_inference(model)
     try:
         return gold_answer_loss(model, tokenizer, records, max_length=max_length, batch_size=batch_size)
     finally:

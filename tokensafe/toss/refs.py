@@ -265,7 +265,9 @@ def load_reference_model(
             peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     assert peft_model is not None
     peft_model.eval()
-    return peft_model, tokenizer
+    from tokensafe.distributed import place_for_inference
+
+    return place_for_inference(peft_model), tokenizer
 
 
 def save_random_adapter(
