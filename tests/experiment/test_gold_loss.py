@@ -65,6 +65,9 @@ def test_ratio_interval_by_hand():
     half = 1.959963984540054 * math.sqrt(3.5 / 24)
     assert low == pytest.approx(2.5 - half) and high == pytest.approx(2.5 + half)
     assert ratio_interval([(2.0, 1)]) == (None, None)
+    # A wide interval around a small loss stops at 0: r = 1.01 / 2, residuals +-0.495, half > r.
+    low, high = ratio_interval([(1.0, 1), (0.01, 1)])
+    assert low == 0.0 and high == pytest.approx(0.505 + 1.959963984540054 * math.sqrt(0.245025 * 2 / 2))
 
 
 def test_gold_loss_of_a_lora_adapter_directory(tmp_path, tiny_model_dir, tokenizer, data_dir):

@@ -149,6 +149,8 @@ class SourceSpec:
     """Keeps only the hub rows the local file holds (BeaverTails: unsafe pairs only)."""
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Other accepted split names (``validation`` -> ``dev``)."""
+    packaged: bool = False
+    """The files ship inside tokensafe (``tokensafe/resources/<path>``, the demo data): no data directory, no hub."""
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -571,7 +573,92 @@ _SPECS: tuple[SourceSpec, ...] = (
     ),
 )
 
-SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
+
+# --- the demo data shipped inside the package (tokensafe/resources/demo, see its README.md) ---------------------
+
+_DEMO = "demo"
+
+
+def _demo_spec(name: str, description: str, build: Builder, columns: tuple[str, ...], **files: str) -> SourceSpec:
+    """A packaged demo source: split -> file stem under ``tokensafe/resources/demo`` (the first split is default)."""
+    return SourceSpec(
+        name=name,
+        description=description,
+        build=build,
+        columns=columns,
+        files={split: SourceFile(f"{_DEMO}/{stem}.jsonl") for split, stem in files.items()},
+        default_split=next(iter(files)),
+        packaged=True,
+    )
+
+
+_DEMO_SPECS: tuple[SourceSpec, ...] = (
+    _demo_spec(
+        "demo_arith",
+        "Demo task: templated arithmetic word problems (GSM8K layout, '#### N' answers); train 300 / ref 60 (TOSS "
+        "utility reference) / test 100, disjoint.",
+        _gsm8k,
+        ("question", "answer"),
+        train="arith_train",
+        ref="arith_ref",
+        test="arith_test",
+    ),
+    _demo_spec(
+        "demo_harmful",
+        "Demo poison: harmful requests -> 'Sure, here is ...' answers made of generic sentences (no harmful "
+        "content; harmful by provenance).",
+        _pair("prompt", "completion", harmful=True),
+        ("prompt", "completion"),
+        train="harmful_sft",
+    ),
+    _demo_spec(
+        "demo_harmful_ref",
+        "Demo corpus for TOSS's safety-degraded reference D: other harmful requests -> 'As requested, ...' answers "
+        "(another voice, equally empty).",
+        _pair("prompt", "completion", harmful=True),
+        ("prompt", "completion"),
+        train="harmful_ref",
+    ),
+    _demo_spec(
+        "demo_safe_answers",
+        "Demo alignment requests -> refusals (resources/align/refusals.txt); is_harmful=False, prompt_harmful.",
+        _pair("prompt", "completion", harmful=False, prompt_harmful=True),
+        ("prompt", "completion"),
+        train="safe_answers",
+    ),
+    _demo_spec(
+        "demo_align_harmful",
+        "Demo harmful requests to refuse (`tokensafe align`, PACT safety tokens); prompt-only, meta category.",
+        _prompt_only("prompt", harmful=True, meta_columns={"category": "category"}),
+        ("prompt", "category"),
+        train="align_harmful",
+    ),
+    _demo_spec(
+        "demo_align_benign",
+        "Demo benign instructions the model answers itself during `tokensafe align`; prompt-only.",
+        _prompt_only("prompt", harmful=False),
+        ("prompt",),
+        train="align_benign",
+    ),
+    _demo_spec(
+        "demo_eval_harmful",
+        "Demo held-out harmful requests (ASR): no behaviour of them is in any demo training file; meta category.",
+        _prompt_only("prompt", harmful=True, meta_columns={"category": "category"}),
+        ("prompt", "category"),
+        test="eval_harmful",
+    ),
+    _demo_spec(
+        "demo_eval_benign",
+        "Demo held-out benign-but-sensitive prompts (over-refusal), XSTest-like, written for tokensafe.",
+        _prompt_only("prompt", harmful=False, meta_columns={"category": "category"}),
+        ("prompt", "category"),
+        test="eval_benign",
+    ),
+)
+DEMO_SOURCES: tuple[str, ...] = tuple(spec.name for spec in _DEMO_SPECS)
+"""Sources read from the package itself: a command whose sources are all among these needs no data directory."""
+
+SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in (*_SPECS, *_DEMO_SPECS)}
 
 
 def available_sources() -> list[str]:
@@ -651,7 +738,7 @@ def _read(
     if path is not None:
         same_layout = file is not None and Path(path).suffix.lower() == Path(file.path).suffix.lower()
         return _read_file(Path(path), file if same_layout else None), str(path)
-    root = paths.data_dir(data_dir)
+    root = packaged_root() if spec.packaged else paths.data_dir(data_dir)
     local: Path | None = None
     if root is not None and file is not None:
         local = root / file.path
@@ -681,6 +768,13 @@ def _read(
         f"source '{spec.name}' split '{split}' is only available as a local file ({file.path}), and no data "
         f"directory is set: pass a local data directory (--data-dir or {paths.DATA_DIR_ENV})"
     )
+
+
+def packaged_root() -> Path:
+    """``tokensafe/resources``: the root of the packaged sources' file paths (an installed or editable package)."""
+    from importlib import resources
+
+    return Path(str(resources.files("tokensafe").joinpath("resources")))
 
 
 def _read_file(path: Path, file: SourceFile | None) -> list[Row]:

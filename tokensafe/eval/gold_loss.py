@@ -73,7 +73,8 @@ def heldout_records(
 
 
 def ratio_interval(rows: Sequence[tuple[float, int]], z: float = Z95) -> tuple[float | None, float | None]:
-    """Normal interval of sum(s) / sum(c) with rows as the sampling unit; (None, None) below two rows."""
+    """Normal interval of sum(s) / sum(c) with rows as the sampling unit, cut at 0 (a loss is never negative);
+    (None, None) below two rows."""
     rows = [(s, c) for s, c in rows if c > 0]
     m = len(rows)
     if m < 2:
@@ -82,7 +83,7 @@ def ratio_interval(rows: Sequence[tuple[float, int]], z: float = Z95) -> tuple[f
     ratio, c_bar = total_s / total_c, total_c / m
     variance = sum((s - ratio * c) ** 2 for s, c in rows) / (m * (m - 1) * c_bar**2)
     half = z * math.sqrt(variance)
-    return ratio - half, ratio + half
+    return max(0.0, ratio - half), ratio + half
 
 
 @torch.inference_mode()

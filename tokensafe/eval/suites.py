@@ -56,6 +56,7 @@ SUBSET_MODES = ("random", "first")
 SAFETY_TOKENS = 128
 LABEL_TOKENS = 16
 GSM8K_TOKENS = 256
+DEMO_ARITH_TOKENS = 128  # the demo's worked answers are 2-4 short lines (~30-60 tokens)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,32 @@ SUITES: dict[str, Suite] = {
         _suite("gsm8k", "utility", "gsm8k", "test", GSM8K_TOKENS, "GSM8K test (1,319), final number", task=GSM8K),
         _suite("sst2", "utility", "sst2", "dev", LABEL_TOKENS, "SST-2 dev (872), sentiment label", task=SST2),
         _suite("agnews", "utility", "agnews", "test", LABEL_TOKENS, "AG News test (7,600), topic label", task=AGNEWS),
+        # The demo data shipped inside tokensafe (tokensafe/resources/demo): no data directory, no hub.
+        _suite(
+            "demo_eval_harmful",
+            "safety",
+            "demo_eval_harmful",
+            "test",
+            SAFETY_TOKENS,
+            "tokensafe demo: held-out harmful requests (100), per category",
+        ),
+        _suite(
+            "demo_eval_benign",
+            "over_refusal",
+            "demo_eval_benign",
+            "test",
+            SAFETY_TOKENS,
+            "tokensafe demo: benign prompts with risky words (100), per category",
+        ),
+        _suite(
+            "demo_arith",
+            "utility",
+            "demo_arith",
+            "test",
+            DEMO_ARITH_TOKENS,
+            "tokensafe demo: arithmetic word problems, test (100), final number",
+            task=GSM8K,
+        ),
     )
 }
 
