@@ -109,6 +109,10 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
     # Decoding on CPU is bound by reading the weights once per step, so a wide batch costs little more per step.
     generation_batch_size: int = option(64, "batch size for generating the model's own answers", ge=1)
     max_length: int = option(256, "max tokens per training sample", ge=1)
+    evaluation_sources: list[str] = option(
+        [name for name, _ in EVALUATION_ONLY_SOURCES],
+        "evaluation prompt sources never trained on (a training prompt found in them is removed and counted)",
+    )
     merge: bool = option(True, "merge the LoRA adapter and save a full model (needed to use it as a named model)")
 
     def _check(self) -> None:
@@ -124,6 +128,8 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
         check_source(self.safe_answer_source, "safe_answer_source")
         check_source(self.benign_source, "benign_source")
         check_source(self.task_source, "task_source")
+        for name in self.evaluation_sources:
+            check_source(name, "evaluation_sources")
         if self.task_answers != "self" and self.task_source is not None and self.n_task > 0:
             from tokensafe.data.tasks import TASKS
 
@@ -146,10 +152,12 @@ def normalise_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def evaluation_prompt_keys(data_dir: str | None) -> set[str]:
+def evaluation_prompt_keys(data_dir: str | None, sources: list[str] | None = None) -> set[str]:
+    """Normalised prompts of the evaluation sources (default :data:`EVALUATION_ONLY_SOURCES`)."""
+    names = [name for name, _ in EVALUATION_ONLY_SOURCES] if sources is None else sources
     keys: set[str] = set()
-    for name, split in EVALUATION_ONLY_SOURCES:
-        keys |= {normalise_prompt(r.prompt) for r in load_source(name, data_dir=data_dir, split=split)}
+    for name in names:
+        keys |= {normalise_prompt(r.prompt) for r in load_source(name, data_dir=data_dir)}
     return keys
 
 
@@ -167,7 +175,7 @@ def sample_part(records: list[Record], n: int, seed: int, part: str) -> list[Rec
 def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tuple[list[Record], dict[str, Any]]:
     """The refusal-SFT training set and a description of where every part came from."""
     refusals = resource_lines("refusals.txt")
-    blocked = evaluation_prompt_keys(cfg.data_dir)
+    blocked = evaluation_prompt_keys(cfg.data_dir, cfg.evaluation_sources)
     removed = 0
 
     def allowed(records: list[Record]) -> list[Record]:
@@ -247,7 +255,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
             "dropped_as_refusals": refusing,
         },
         "evaluation_prompts_removed": removed,
-        "evaluation_only_sources_never_trained_on": [name for name, _ in EVALUATION_ONLY_SOURCES],
+        "evaluation_only_sources_never_trained_on": list(cfg.evaluation_sources),
         "samples": len(records),
     }
     return records, provenance

@@ -126,6 +126,12 @@ COMMANDS: dict[str, Command] = {
             "tokensafe.experiment.runner:run_experiment",
         ),
         Command(
+            "demo",
+            "offline demo: align the bundled model, fine-tune it on a poisoned set with SFT / TOSS / PACT, report",
+            "tokensafe.demo:DemoConfig",
+            "tokensafe.demo:run_demo",
+        ),
+        Command(
             "doctor",
             "check the installation: versions, bundled model, data directory, cache, disk, threads",
             "tokensafe.doctor:DoctorConfig",

@@ -186,8 +186,8 @@ def source_coverage(root: Path) -> dict[str, tuple[list[str], list[str]]]:
 
     coverage = {}
     for name, spec in sorted(SOURCES.items()):
-        if not spec.files:
-            continue  # read only from an explicit path (HarmBench, StrongREJECT)
+        if not spec.files or getattr(spec, "packaged", False):
+            continue  # read only from an explicit path (HarmBench, StrongREJECT), or shipped in the package (demo)
         present = [split for split, file in spec.files.items() if (root / file.path).is_file()]
         missing = [split for split in spec.files if split not in present]
         coverage[name] = (present, missing)

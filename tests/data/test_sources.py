@@ -77,6 +77,15 @@ EXPECTED_SOURCES = {
     "strongreject",
     "alpaca",
     "dolly",
+    # Shipped inside the package (tokensafe/resources/demo; tests/data/test_demo_data.py).
+    "demo_arith",
+    "demo_harmful",
+    "demo_harmful_ref",
+    "demo_safe_answers",
+    "demo_align_harmful",
+    "demo_align_benign",
+    "demo_eval_harmful",
+    "demo_eval_benign",
 }
 
 

@@ -53,7 +53,10 @@ CONTROLLED_EVAL_FIELDS = frozenset(
     }
 )  # fmt: skip
 # The accuracy suite of each task and its default size (GSM8K answers are long to generate: 100).
-TASK_SUITES: dict[str, int] = {"sst2": 200, "agnews": 200, "gsm8k": 100}
+TASK_SUITES: dict[str, int] = {"sst2": 200, "agnews": 200, "gsm8k": 100, "demo_arith": 100}
+# Held-out splits of tasks that tokensafe.eval.gold_loss.HELDOUT_SPLITS does not list (the packaged demo task): the
+# gold-answer loss reads them.
+EXTRA_HELDOUT_SPLITS: dict[str, str] = {"demo_arith": "test"}
 
 Role = Literal["baseline", "oracle", "defence"]
 

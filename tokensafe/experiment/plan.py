@@ -32,6 +32,7 @@ from tokensafe.config import ConfigError
 from tokensafe.digests import digest
 from tokensafe.experiment.config import (
     ADVBENCH_HELDOUT,
+    EXTRA_HELDOUT_SPLITS,
     SCORED_METHODS,
     TASK_SUITES,
     ExperimentConfig,
@@ -336,19 +337,20 @@ class Planner:
         cfg = self.cfg
         if cfg.gold_loss_n == 0:
             return []
+        splits = {**HELDOUT_SPLITS, **EXTRA_HELDOUT_SPLITS}
         tasks = cfg.tasks()
         own = tasks if cell.is_initial else [str(cell.setting.task)]  # type: ignore[union-attr]
         return [
             {
                 "metric": "gold_loss" if len(tasks) == 1 else f"gold_loss_{task}",
                 "task": task,
-                "split": HELDOUT_SPLITS[task],
+                "split": splits[task],
                 "n": _capped(cfg.gold_loss_n, cfg.limit),
                 "max_length": cfg.gold_loss_max_length,
                 "batch_size": cfg.gold_loss_batch_size,
             }
             for task in own
-            if task in HELDOUT_SPLITS
+            if task in splits
         ]
 
     def run_plan(

@@ -76,6 +76,9 @@ SUITE_LABELS = {
     "gsm8k": "GSM8K accuracy",
     "sst2": "SST-2 accuracy",
     "agnews": "AG News accuracy",
+    "demo_eval_harmful": "Harmful ASR (demo, held-out)",
+    "demo_eval_benign": "Benign over-refusal (demo)",
+    "demo_arith": "Arithmetic accuracy (demo)",
 }
 
 
