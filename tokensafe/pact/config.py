@@ -70,6 +70,34 @@ class PactArgs(Checked):
         "float32", "dtype of the cached reference logits (float32 or float16)"
     )
     pact_batch_size: int = option(4, "batch size of PACT's no-grad passes (generation, teacher forcing, cache)", ge=1)
+    # Remedies for over-refusal (issue 18; none is in the official code, only the paper weighting is in the paper;
+    # all off by default): docs/methods/pact.md §8.
+    pact_target: Literal["official", "weighted_kl", "floor"] = option(
+        "official",
+        "KL target (not in the paper unless official): official = KL(normalize(p_ref ⊙ w) ‖ p_θ); weighted_kl = "
+        "Σ_S w̄_s (p_ref ln(p_ref/p_θ) − p_ref + p_θ), w̄ = w / mean_S(w), minimum at p_θ = p_ref; floor = official "
+        "minus its value at the starting model (same gradient, only the logged value changes)",
+    )
+    pact_weighting: Literal["official", "paper"] = option(
+        "official",
+        "safety-token weights: official = D on S z-scored, L2-normalised, clamped at 0; paper = max(D, 0) as it is "
+        "(not in the official code)",
+    )
+    pact_positions: Literal["all", "first_k", "ref_mass"] = option(
+        "all",
+        "answer positions that get the KL (not in the paper unless all): all; first_k = the first pact_first_k "
+        "tokens of each answer; ref_mass = where the reference puts >= pact_ref_mass_min of its probability on S",
+    )
+    pact_first_k: int = option(8, "K of pact_positions=first_k: answer tokens (from the first) that get the KL", ge=1)
+    pact_ref_mass_min: float = option(
+        0.1, "m of pact_positions=ref_mass: minimum total reference probability on S (whole vocabulary)", ge=0, le=1
+    )
+    pact_contrast_borderline: int = option(
+        0,
+        "add this many borderline-but-safe training prompts to the safety-token identification and subtract their "
+        "answers' P and D (contrastive S; not in the paper; 0 = off)",
+        ge=0,
+    )
 
     def _check(self) -> None:
         check_source(self.pact_prompts, "pact_prompts", self.pact_prompts_split, "pact_prompts_split")
@@ -81,4 +109,9 @@ class PactArgs(Checked):
             "prompts)",
             field="pact_prompts",
             hint="use a training set such as harmful_train or advbench",
+        )
+        require(
+            self.pact_positions != "ref_mass" or self.pact_safety_subset,
+            "pact_positions=ref_mass needs the safety-token subset (over the whole vocabulary the mass is always 1)",
+            field="pact_positions",
         )

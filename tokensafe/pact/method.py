@@ -35,6 +35,7 @@ from tokensafe.pact.reference import (
 from tokensafe.pact.safety_tokens import (
     SafetyTokens,
     SafetyTokensArgs,
+    contrast_prompts,
     harmful_prompts,
     identify_safety_tokens,
 )
@@ -63,6 +64,10 @@ def loss_config(cfg: Any) -> PactLossConfig:
         decay_tau=cfg.pact_decay_tau,
         post_reference=cfg.pact_post_reference,
         position_decay=cfg.pact_position_decay,
+        target=cfg.pact_target,
+        positions=cfg.pact_positions,
+        first_k=cfg.pact_first_k,
+        ref_mass_min=cfg.pact_ref_mass_min,
     )
 
 
@@ -75,32 +80,63 @@ def safety_token_args(cfg: Any) -> SafetyTokensArgs:
         max_new_tokens=cfg.pact_max_new_tokens,
         top_k=cfg.pact_top_k,
         select_by=cfg.pact_select_by,
+        weighting=cfg.pact_weighting,
+        contrast_borderline=cfg.pact_contrast_borderline,
         batch_size=cfg.pact_batch_size,
         max_length=max(cfg.max_length, 512),
         seed=0,
     )
 
 
+# Identification settings added after caches existed (issue 18 remedies): they enter the key only when set, so a
+# default run keeps the key, and the cached safety tokens, of the runs before them.
+_LATER_ARGS = {"weighting": "official", "contrast_borderline": 0}
+
+
+def safety_tokens_key(aligned: str, base: str, args: SafetyTokensArgs, records: Any, contrast: Any = ()) -> str:
+    """Cache key of an identification: both models' fingerprints, its settings, the harmful prompt records and the
+    contrast's borderline records (when there is a contrast)."""
+    settings = {
+        k: v
+        for k, v in dataclasses.asdict(args).items()
+        if k != "batch_size" and not (k in _LATER_ARGS and v == _LATER_ARGS[k])  # batching: same result
+    }
+    spec = {
+        "aligned": aligned,
+        "base": base,
+        "args": settings,
+        # The prompts themselves, not the directory's name: edited data under the same path is other data.
+        "prompts": records_fingerprint(records),
+    }
+    if contrast:
+        spec["contrast"] = records_fingerprint(contrast)
+    return digest("safety-tokens", spec)
+
+
 def resolve_safety_tokens(cfg: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> SafetyTokens:
-    """Load ``cfg.pact_safety_tokens``, or identify S with ``model`` (adapter disabled) as the aligned model."""
+    """Load ``cfg.pact_safety_tokens``, or identify S with ``model`` (adapter disabled) as the aligned model.
+
+    A loaded set whose weights were made another way than ``pact_weighting`` is re-weighted from its stored D."""
+    weighting = getattr(cfg, "pact_weighting", "official")
     if cfg.pact_safety_tokens:
         tokens = SafetyTokens.load(cfg.pact_safety_tokens)
         if tokens.meta.get("tokenizer") not in (None, _tokenizer_id(tokenizer)):
             raise ValueError(f"{cfg.pact_safety_tokens} was identified with another tokenizer")
+        if tokens.weighting != weighting:
+            print(f"pact: re-weighting {cfg.pact_safety_tokens} ({tokens.weighting} -> {weighting})", flush=True)
+            tokens = tokens.reweighted(weighting)
         return tokens
     from tokensafe.models import load_model, model_fingerprint
 
     args = safety_token_args(cfg)
     records = harmful_prompts(args, cfg.data_dir)
-    key = digest(
-        "safety-tokens",
-        {
-            "aligned": model_fingerprint(cfg.model, cfg.cache_dir),
-            "base": model_fingerprint(cfg.pact_base_model, cfg.cache_dir),
-            "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "batch_size"},  # batching: same result
-            # The prompts themselves, not the directory's name: edited data under the same path is other data.
-            "prompts": records_fingerprint(records),
-        },
+    contrast = contrast_prompts(args)
+    key = safety_tokens_key(
+        model_fingerprint(cfg.model, cfg.cache_dir),
+        model_fingerprint(cfg.pact_base_model, cfg.cache_dir),
+        args,
+        records,
+        contrast,
     )
     target = resolve_cache_dir(cfg.cache_dir) / "pact" / "safety_tokens" / key
     if (target / "safety_tokens.json").is_file():
@@ -111,7 +147,13 @@ def resolve_safety_tokens(cfg: Any, model: PreTrainedModel, tokenizer: PreTraine
         raise ValueError(f"--model and pact_base_model '{cfg.pact_base_model}' use different tokenizers")
     with frozen_reference(model, disable_adapter=hasattr(unwrap(model), "disable_adapter")) as aligned:
         tokens, chats = identify_safety_tokens(
-            aligned, base, tokenizer, records, args, meta={"aligned": cfg.model, "base": cfg.pact_base_model}
+            aligned,
+            base,
+            tokenizer,
+            records,
+            args,
+            meta={"aligned": cfg.model, "base": cfg.pact_base_model},
+            contrast=contrast,
         )
     del base
     # What S was computed on, written first: safety_tokens.json (written last by save) marks a finished run.
@@ -140,6 +182,8 @@ def build_pact_loss(
     weights = tokens.weights_tensor if (cfg.pact_weights and token_ids is not None and tokens is not None) else None
     if cfg.pact_weights and weights is None:
         raise ValueError("pact_weights needs the safety-token subset (weights live on S)")
+    if lcfg.positions == "ref_mass" and token_ids is None:
+        raise ValueError("pact_positions=ref_mass needs the safety-token subset (over the vocabulary the mass is 1)")
     header = post_header_ids(tokenizer, cfg.pact_post_system) if lcfg.uses_post else None
     pad = tokenizer.pad_token_id
     mode = cfg.pact_reference
@@ -189,6 +233,7 @@ def build_pact_loss(
         )
         cache.check(fingerprint, token_ids)
         reference = CachedReference(cache, use_post=lcfg.uses_post)
+        mass_model = (reference_model, disable)
         if reference.index_column in dataset.column_names:
             dataset = dataset.remove_columns(reference.index_column)
         dataset = dataset.add_column(reference.index_column, list(range(len(dataset))))
@@ -196,16 +241,59 @@ def build_pact_loss(
         if not hasattr(unwrap(model), "disable_adapter"):
             raise ValueError("pact_reference=adapter needs LoRA (use_lora: true); use 'model' or 'cache' otherwise")
         reference = LiveReference(None, header_ids=header, pad_token_id=pad)
+        mass_model = (model, True)
     elif mode == "model":
         from tokensafe.models import load_model
 
         frozen, _ = load_model(cfg.pact_reference_model or cfg.model, cache_dir=cfg.cache_dir)
         frozen.to(next(model.parameters()).device)
         reference = LiveReference(frozen, header_ids=header, pad_token_id=pad)
+        mass_model = (frozen, False)
     else:
         raise ValueError(f"pact_reference must be cache, adapter or model, got {mode!r}")
+    if lcfg.positions == "ref_mass" and token_ids is not None:
+        dataset = _with_reference_mass(cfg, tokenizer, dataset, token_ids, *mass_model)
     name = "kl" if token_ids is None and weights is None and not lcfg.uses_post else "pact"
     return PactLoss(token_ids, weights, reference, lcfg, name=name), dataset
+
+
+def _with_reference_mass(
+    cfg: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    token_ids: torch.Tensor,
+    reference_model: PreTrainedModel,
+    disable_adapter: bool,
+) -> datasets.Dataset:
+    """``dataset`` with the reference's mass on S per answer token (``pact_positions: ref_mass``; not in the paper),
+    cached by (tokenised data, reference weights, S)."""
+    from tokensafe.models import model_fingerprint
+    from tokensafe.pact.ref_mass import add_reference_mass, reference_mass
+
+    key = digest(
+        "pact-reference-mass",
+        {
+            "tokens": tokens_fingerprint(dataset, tokenizer),
+            "reference": model_fingerprint(cfg.pact_reference_model or cfg.model, cfg.cache_dir),
+            "S": token_ids.tolist(),
+        },
+    )
+
+    def compute() -> torch.Tensor:
+        return reference_mass(
+            reference_model,
+            dataset,
+            token_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=cfg.pact_batch_size,
+            disable_adapter=disable_adapter,
+        )
+
+    directory = resolve_cache_dir(cfg.cache_dir) / "pact" / "reference_mass" / key
+    dataset, mass = add_reference_mass(dataset, directory, compute)
+    kept = float((mass >= cfg.pact_ref_mass_min).float().mean()) if mass.numel() else 0.0
+    print(f"pact: KL on {kept:.1%} of the answer positions (reference mass on S >= {cfg.pact_ref_mass_min})")
+    return dataset
 
 
 @register_method("pact")

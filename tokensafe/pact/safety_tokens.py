@@ -8,10 +8,15 @@ then over examples, gives D(v); the same averaging of p_A gives P(v).
 S = the top-K tokens by P (what the official code does; ``select_by="prob"``) or by D (what the paper's text says;
 ``select_by="diff"``). Weights: D restricted to S, z-scored, divided by its L2 norm, clamped at 0 (the std cancels
 in the L2 normalisation, so the z-score's std convention does not matter; only the centring does).
+
+Not in the official code (issue 18 remedies, off by default; docs/methods/pact.md §8): ``weighting="paper"`` keeps the
+positive D values as they are, w = max(D, 0) on S; ``SafetyTokensArgs.contrast_borderline = N`` subtracts the P and D
+of the aligned model's answers to N borderline-but-safe prompts from the harmful ones before selecting and weighting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -31,10 +36,13 @@ from tokensafe.data.tokenize import IGNORE_INDEX, render_chat, tokenize_chat
 from tokensafe.digests import digest, tokenizer_key
 
 SelectBy = Literal["prob", "diff"]
+Weighting = Literal["official", "paper"]
 JSON_FILE = "safety_tokens.json"
 TENSOR_FILE = "safety_tokens.safetensors"
 # Named sources that exist to *evaluate* safety: identifying safety tokens on them would leak the test set.
-EVALUATION_SOURCES = frozenset({"jbb_harmful", "jbb_benign", "xstest", "harmbench", "strongreject"})
+EVALUATION_SOURCES = frozenset(
+    {"jbb_harmful", "jbb_benign", "xstest", "harmbench", "strongreject", "demo_eval_harmful", "demo_eval_benign"}
+)
 
 
 def token_weights(diff: torch.Tensor) -> torch.Tensor:
@@ -49,6 +57,27 @@ def token_weights(diff: torch.Tensor) -> torch.Tensor:
         return torch.full_like(diff, 1.0 / max(1, diff.numel()) ** 0.5, dtype=torch.float32)
     z = centred / std
     return (z / z.norm()).clamp(min=0.0).float()
+
+
+def paper_weights(diff: torch.Tensor) -> torch.Tensor:
+    """w = max(D, 0) on S, the values as they are (not normalised): (K,) -> (K,) float32. Not the official code.
+
+    When no D on S is positive every weight would be 0 and the weighted target undefined; then, as for the official
+    weights' degenerate case, every token gets 1/sqrt(K).
+    """
+    w = diff.double().clamp(min=0.0)
+    if not bool((w > 0).any()):
+        return torch.full_like(diff, 1.0 / max(1, diff.numel()) ** 0.5, dtype=torch.float32)
+    return w.float()
+
+
+def weigh(diff: torch.Tensor, weighting: Weighting = "official") -> torch.Tensor:
+    """The weights of S from D on S: ``official`` (:func:`token_weights`) or ``paper`` (:func:`paper_weights`)."""
+    if weighting == "official":
+        return token_weights(diff)
+    if weighting == "paper":
+        return paper_weights(diff)
+    raise ValueError(f"weighting must be 'official' or 'paper', got {weighting!r}")
 
 
 def select_tokens(diff: torch.Tensor, prob: torch.Tensor, k: int, select_by: SelectBy = "prob") -> torch.Tensor:
@@ -73,6 +102,7 @@ class SafetyTokens:
     vocab_diff: torch.Tensor  # (V,)
     vocab_prob: torch.Tensor  # (V,)
     meta: dict[str, Any] = field(default_factory=dict)
+    weighting: str = "official"  # how ``weights`` were made from ``diff`` (files written before it: official)
 
     @property
     def ids_tensor(self) -> torch.Tensor:
@@ -87,6 +117,11 @@ class SafetyTokens:
         w = torch.zeros(self.vocab_diff.numel(), dtype=torch.float32)
         w[self.ids_tensor] = self.weights_tensor
         return w
+
+    def reweighted(self, weighting: Weighting) -> SafetyTokens:
+        """A copy whose weights are made from the stored D on S by ``weighting`` (S unchanged)."""
+        weights = weigh(torch.as_tensor(self.diff, dtype=torch.float64), weighting)
+        return dataclasses.replace(self, weights=weights.tolist(), weighting=weighting)
 
     def fingerprint(self) -> str:
         return digest("safety-tokens", self.token_ids, [round(w, 8) for w in self.weights])
@@ -147,10 +182,11 @@ def make_safety_tokens(
     k: int = 50,
     select_by: SelectBy = "prob",
     meta: dict[str, Any] | None = None,
+    weighting: Weighting = "official",
 ) -> SafetyTokens:
     """Choose S from vocabulary-sized D and P, and weight it."""
     ids = select_tokens(vocab_diff, vocab_prob, k, select_by)
-    weights = token_weights(vocab_diff[ids])
+    weights = weigh(vocab_diff[ids], weighting)
     id_list = ids.tolist()
     return SafetyTokens(
         token_ids=id_list,
@@ -163,6 +199,7 @@ def make_safety_tokens(
         vocab_diff=vocab_diff.float(),
         vocab_prob=vocab_prob.float(),
         meta=meta or {},
+        weighting=weighting,
     )
 
 
@@ -273,6 +310,8 @@ class SafetyTokensArgs:
     max_new_tokens: int = 64
     top_k: int = 50
     select_by: str = "prob"  # 'prob' (official code) or 'diff' (paper text)
+    weighting: str = "official"  # 'official' (z-score, L2, clamp) or 'paper' (max(D, 0)); not in the paper
+    contrast_borderline: int = 0  # borderline-but-safe prompts whose answers' P and D are subtracted; not in the paper
     batch_size: int = 8
     max_length: int = 512
     seed: int = 0
@@ -294,6 +333,50 @@ def harmful_prompts(args: SafetyTokensArgs, data_dir: str | None = None) -> list
     return records
 
 
+def contrast_prompts(args: SafetyTokensArgs) -> list[Record]:
+    """The borderline-but-safe prompts of the contrast: a seeded sample of ``args.contrast_borderline`` of the
+    project's training borderline set (``borderline_prompts.txt``; all of it when N is larger), [] when off."""
+    if args.contrast_borderline <= 0:
+        return []
+    from tokensafe.data.prompts import borderline_records
+
+    records = borderline_records("train")
+    if args.contrast_borderline < len(records):
+        generator = torch.Generator().manual_seed(args.seed)
+        keep = sorted(torch.randperm(len(records), generator=generator)[: args.contrast_borderline].tolist())
+        records = [records[i] for i in keep]
+    return records
+
+
+def _user_prompts(records: Sequence[Record]) -> list[str]:
+    return [next(m["content"] for m in r.messages if m["role"] == "user") for r in records]
+
+
+def contrast_statistics(
+    aligned: PreTrainedModel,
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Record],
+    args: SafetyTokensArgs,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """D_b(v), P_b(v) (V,) float64 of the aligned model's greedy answers to the borderline ``records`` (always
+    generated: the borderline set has no responses), averaged like :func:`probability_statistics`; and the count."""
+    prompts = _user_prompts(records)
+    responses = greedy_responses(
+        aligned, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+    chats = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": y}]
+        for p, y in zip(prompts, responses, strict=True)
+        if y.strip()
+    ]
+    if not chats:
+        raise ValueError(f"all {len(prompts)} answers to the contrast prompts are empty; raise max_new_tokens")
+    return probability_statistics(
+        aligned, base, tokenizer, chats, max_length=args.max_length, batch_size=args.batch_size
+    )
+
+
 def identify_safety_tokens(
     aligned: PreTrainedModel,
     base: PreTrainedModel,
@@ -301,9 +384,16 @@ def identify_safety_tokens(
     records: Sequence[Record],
     args: SafetyTokensArgs,
     meta: dict[str, Any] | None = None,
+    contrast: Sequence[Record] = (),
 ) -> tuple[SafetyTokens, list[list[dict[str, str]]]]:
-    """Run the whole identification; returns S and the chats it was computed on."""
-    prompts = [next(m["content"] for m in r.messages if m["role"] == "user") for r in records]
+    """Run the whole identification; returns S and the chats it was computed on.
+
+    ``contrast`` (not in the paper; :func:`contrast_prompts`): borderline-but-safe prompt records. With them, S and
+    its weights come from the contrasted statistics D − D_b and P − P_b (harmful minus borderline answers), and the
+    returned SafetyTokens keeps those as its ``vocab_diff`` / ``vocab_prob``: tokens as frequent in the answers to
+    benign-but-sensitive prompts as in the refusals lose their rank.
+    """
+    prompts = _user_prompts(records)
     start = time.time()
     if args.responses == "generate":
         responses = greedy_responses(
@@ -327,6 +417,11 @@ def identify_safety_tokens(
     vocab_diff, vocab_prob, n_used = probability_statistics(
         aligned, base, tokenizer, chats, max_length=args.max_length, batch_size=args.batch_size
     )
+    contrast_info: dict[str, Any] = {}
+    if contrast:
+        contrast_diff, contrast_prob, n_contrast = contrast_statistics(aligned, base, tokenizer, contrast, args)
+        vocab_diff, vocab_prob = vocab_diff - contrast_diff, vocab_prob - contrast_prob
+        contrast_info = {"contrast_prompts": len(contrast), "contrast_examples": n_contrast}
     info = {
         "prompts": args.prompts,
         "prompts_split": args.prompts_split,
@@ -338,7 +433,16 @@ def identify_safety_tokens(
         "tokenizer": tokenizer_key(tokenizer),
         "generation_seconds": round(generated_s, 1),
         "total_seconds": round(time.time() - start, 1),
+        **contrast_info,
         **(meta or {}),
     }
-    tokens = make_safety_tokens(tokenizer, vocab_diff, vocab_prob, args.top_k, args.select_by, info)  # type: ignore[arg-type]
+    tokens = make_safety_tokens(
+        tokenizer,
+        vocab_diff,
+        vocab_prob,
+        args.top_k,
+        args.select_by,  # type: ignore[arg-type]
+        info,
+        weighting=args.weighting,  # type: ignore[arg-type]
+    )
     return tokens, chats
