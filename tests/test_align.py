@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import tokensafe.align as align
@@ -178,3 +180,15 @@ def test_refusing_self_answers_to_benign_prompts_are_dropped(data_dir, tiny_mode
     cfg.drop_refusing_self_answers = False
     records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
     assert sum(r.source == "align_self" for r in records) == 9
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "align").glob("*.yaml")))
+def test_shipped_align_configs_load_and_keep_their_names(path):
+    from tokensafe.align import AlignConfig
+    from tokensafe.config import load_config
+
+    cfg = load_config(AlignConfig, path)
+    # Each shipped recipe saves under its own name: running one never overwrites another's model.
+    assert cfg.name == {"default": "aligned", "deep": "aligned_deep", "preference": "aligned_pref"}[path.stem]
+    if path.stem == "deep":
+        assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
