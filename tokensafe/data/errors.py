@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from os import PathLike
-
 from tokensafe.errors import UsageError
 
 
@@ -14,18 +12,6 @@ class DataError(UsageError):
     ``str()`` keeps the data layer's own form (``file F, row N, field 'f': message``); the CLI prints
     :meth:`~tokensafe.errors.UsageError.one_line` like every other expected error.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | PathLike | None = None,
-        line: int | None = None,
-        row: int | None = None,
-        field: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, file=file, line=line, row=row, field=field, hint=hint)
 
     def __str__(self) -> str:
         where = []
