@@ -92,3 +92,37 @@ def mixed_length_chats(n: int = 10, source: str = "test", harmful_every: int | N
         )
         for i in range(n)
     ]
+
+
+def tiny_pact_train_config(
+    tmp_path: Path, model_dir: str | os.PathLike, base_dir: str | os.PathLike, data_dir: str | os.PathLike, **overrides
+):
+    """A `tokensafe train --method pact` config sized for the tiny models: 8 SST-2 + AdvBench rows, 2 steps, the
+    stored AdvBench responses for the safety tokens (a random tiny model answers only newlines)."""
+    from tokensafe.train import TrainConfig  # deferred: importing train loads every method module
+
+    fields = dict(
+        model=str(model_dir),
+        method="pact",
+        data_dir=str(data_dir),
+        task="sst2",
+        n_task=6,
+        harmful="advbench",
+        harmful_share=0.25,
+        max_length=96,
+        output_dir=str(Path(tmp_path) / "run"),
+        cache_dir=str(Path(tmp_path) / "cache"),
+        max_steps=2,
+        batch_size=4,
+        logging_steps=1,
+        lora_r=4,
+        lora_alpha=8,
+        pact_base_model=str(base_dir),
+        pact_prompts="advbench",
+        pact_responses="given",
+        pact_n_prompts=3,
+        pact_top_k=12,
+        pact_decay_start=2,
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)

@@ -10,7 +10,7 @@ import torch
 from tokensafe.data.dataset import tokenize_records
 from tokensafe.data.records import Record
 from tokensafe.models import LoraArgs, apply_lora
-from tokensafe.testing import tiny_llama
+from tokensafe.testing import save_tiny_model, tiny_llama
 
 CHATS = [
     [
@@ -76,3 +76,9 @@ def safety_weights(safety_ids) -> torch.Tensor:
     w = torch.rand(safety_ids.numel())
     w[::3] = 0.0  # clamped-at-0 weights exist in real sets
     return w
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer):
+    """A second tiny model (another seed): the base of the aligned/base pair PACT compares."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-base"), tokenizer, seed=1)

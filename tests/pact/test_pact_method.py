@@ -12,43 +12,10 @@ from tokensafe.config import load_config
 from tokensafe.pact.commands import PactConfig
 from tokensafe.pact.config import LADDER
 from tokensafe.pact.method import apply_ladder
-from tokensafe.testing import save_tiny_model
+from tokensafe.testing import tiny_pact_train_config as tiny_config
 from tokensafe.train import TrainConfig, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_config(tmp_path, model_dir, base_dir, data_dir, **overrides) -> TrainConfig:
-    fields = dict(
-        model=str(model_dir),
-        method="pact",
-        data_dir=str(data_dir),
-        task="sst2",
-        n_task=6,
-        harmful="advbench",
-        harmful_share=0.25,
-        max_length=96,
-        output_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "cache"),
-        max_steps=2,
-        batch_size=4,
-        logging_steps=1,
-        lora_r=4,
-        lora_alpha=8,
-        pact_base_model=str(base_dir),
-        pact_prompts="advbench",  # a random tiny model answers only newlines: use the stored responses
-        pact_responses="given",
-        pact_n_prompts=3,
-        pact_top_k=12,
-        pact_decay_start=2,
-    )
-    fields.update(overrides)
-    return TrainConfig(**fields)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-base"), tokenizer, seed=1)
 
 
 def test_pact_end_to_end_identifies_tokens_caches_the_reference_and_trains(

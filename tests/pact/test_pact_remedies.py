@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -40,7 +39,7 @@ from tokensafe.pact.safety_tokens import (
     probability_statistics,
     token_weights,
 )
-from tokensafe.testing import save_tiny_model, tiny_llama
+from tokensafe.testing import tiny_llama, tiny_pact_train_config
 from tokensafe.train import TrainConfig, run_train
 
 T = 2.0
@@ -412,38 +411,23 @@ def test_safety_token_key_changes_with_each_identification_option(data_dir):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-base"), tokenizer, seed=1)
-
-
 def run_tiny(tmp_path, name, tiny_model_dir, base_dir, data_dir, **overrides):
-    fields = dict(
-        model=str(tiny_model_dir),
-        method="pact",
-        data_dir=str(data_dir),
-        task="sst2",
-        n_task=6,
-        harmful="advbench",
-        harmful_share=0.25,
-        max_length=96,
-        output_dir=str(tmp_path / name),
-        cache_dir=str(tmp_path / "cache"),
-        max_steps=1,
-        batch_size=8,
-        logging_steps=1,
-        lora_r=4,
-        lora_alpha=8,
-        pact_base_model=str(base_dir),
-        pact_prompts="advbench",
-        pact_responses="given",
-        pact_n_prompts=3,
-        pact_top_k=12,
-        pact_post_reference=False,  # the reference is then exactly the starting model
-        pact_weighting="paper",
+    config = tiny_pact_train_config(
+        tmp_path,
+        tiny_model_dir,
+        base_dir,
+        data_dir,
+        **{
+            "output_dir": str(tmp_path / name),
+            "max_steps": 1,
+            "batch_size": 8,
+            "pact_decay_start": 8,
+            "pact_post_reference": False,  # the reference is then exactly the starting model
+            "pact_weighting": "paper",
+            **overrides,
+        },
     )
-    fields.update(overrides)
-    return run_train(TrainConfig(**fields)).loss_history[0]
+    return run_train(config).loss_history[0]
 
 
 def test_first_step_pact_term_is_zero_only_for_the_weighted_kl(tmp_path, tiny_model_dir, base_dir, data_dir):
