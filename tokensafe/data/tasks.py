@@ -43,8 +43,7 @@ AGNEWS = Task(
 GSM8K = Task(
     name="gsm8k",
     instruction=(
-        "Solve the following math problem step by step. "
-        'End your answer with a final line of the form "#### <number>".'
+        'Solve the following math problem step by step. End your answer with a final line of the form "#### <number>".'
     ),
 )
 

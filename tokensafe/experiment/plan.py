@@ -3,12 +3,16 @@ and every config is checked before the first run starts.
 
 Digests decide what is reused:
 
-- **train key** (``<runs_dir>/models/<key>/``): the run's whole `tokensafe train` config except the fields that do
-  not change the trained weights (``tokensafe.train.RESUME_FREE_FIELDS``), the content fingerprint of the starting
+- **train key** (``<runs_dir>/models/<key>/``): the run's `tokensafe train` config fields that are not at their
+  default, except the fields that do not change the trained weights (``tokensafe.train.RESUME_FREE_FIELDS``) — so a
+  new option added later, off by default, keeps every finished model's key — the content fingerprint of the starting
   model (and of any other model the method reads: PACT's base, SafeLoRA's aligned/base pair), the content of the
   fine-tuning mixture (its records, as `tokensafe train` samples them), and for TOSS-scored methods the whole TOSS
-  stage config. Two cells that train the same thing share one model directory: the oracle of every setting of a
-  poison sweep is one training, and a run shared by two experiments is trained once.
+  stage config (again its non-default fields). Two cells that train the same thing share one model directory: the
+  oracle of every setting of a poison sweep is one training, and a run shared by two experiments is trained once.
+  The whole resolved config (defaults included) is kept beside the key (``RunPlan.train_settings``, written to the
+  model's marker file), so a finished model whose settings differ in a field both know (a changed default) is
+  retrained, not reused.
 - **TOSS key** (``<runs_dir>/toss/<key>/``, the ``toss_dir``): mixture, starting model, max_length, seed and the
   reference / scoring fields. Selection fields and TOSS-Pro settings are not part of it, so raw-score TOSS, smoothed
   TOSS, TOSS-Pro, sample-level-by-score and TOSS + PACT of one setting and seed share references and scores.
@@ -72,6 +76,9 @@ class RunPlan:
     digest: str
     redo: bool = False
     format: int = PLAN_FORMAT
+    # The resolved train (and TOSS stage) config behind train_key, defaults included (JSON values): a finished model
+    # is reused only if its saved settings agree on every field both have.
+    train_settings: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +225,8 @@ class Planner:
         shared = (self.toss_fields & self.train_fields) - {"output_dir", "resume", "scores"}
         toss.update({k: resolved_train[k] for k in shared})
         try:
-            resolved = canonical(TossConfig(**{**toss, "toss_dir": "<planned>"}))
+            toss_cfg = TossConfig(**{**toss, "toss_dir": "<planned>"})
+            resolved = canonical(toss_cfg)
         except ConfigError as exc:
             raise ConfigError(f"run {cell.id} (TOSS stage): {exc.message}", field=exc.field, hint=exc.hint) from None
         key_fields = {
@@ -228,12 +236,16 @@ class Planner:
             or k.startswith(("harmful_ref", "utility_ref", "ref_", "score_"))
         }
         records_key = self.mixture(train)[1]
-        key = digest("experiment-toss", PLAN_FORMAT, key_fields, self.fingerprint(cfg.model), records_key)
+        key = digest(
+            "experiment-toss", PLAN_FORMAT, non_default(toss_cfg, key_fields), self.fingerprint(cfg.model), records_key
+        )
         toss_dir = self.root / "toss" / key
         toss.update(toss_dir=str(toss_dir), output_dir=str(toss_dir / "train"))
         return toss
 
-    def train_key(self, train: dict[str, Any], toss: dict[str, Any] | None) -> str:
+    def train_key(self, train: dict[str, Any], toss: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """(train key, resolved settings): the key digests only the fields that are not at their default (see the
+        module doc); the settings hold every field, for the changed-default check when a model is reused."""
         from tokensafe.train import TrainConfig
 
         tc = TrainConfig(**train)
@@ -248,22 +260,24 @@ class Planner:
             models.append(tc.csft_reference_model)
         content = {k: v for k, v in canonical(tc).items() if k not in self.resume_free | {"scores"}}
         toss_spec = None
+        toss_cfg = None
         if toss is not None:
             from tokensafe.toss.commands import TossConfig
 
-            toss_spec = {
-                k: v for k, v in canonical(TossConfig(**toss)).items() if k not in self.resume_free | _TOSS_FREE
-            }
+            toss_cfg = TossConfig(**toss)
+            toss_spec = {k: v for k, v in canonical(toss_cfg).items() if k not in self.resume_free | _TOSS_FREE}
             if not toss_spec.get("use_pro"):  # TOSS-Pro settings matter only to a run that uses TOSS-Pro scores
                 toss_spec = {k: v for k, v in toss_spec.items() if not k.startswith("pro_")}
-        return digest(
+        key = digest(
             "experiment-train",
             PLAN_FORMAT,
-            content,
+            non_default(tc, content),
             {spec: self.fingerprint(spec) for spec in dict.fromkeys(models)},
             self.mixture(train)[1],
-            toss_spec,
+            None if toss_cfg is None or toss_spec is None else non_default(toss_cfg, toss_spec),
         )
+        settings = json.loads(json.dumps({"train": content, "toss": toss_spec}, sort_keys=True, default=str))
+        return key, settings
 
     # --- the whole plan --------------------------------------------------------------------------------------
 
@@ -274,7 +288,7 @@ class Planner:
         cells = expand(cfg)
         start = self.fingerprint(cfg.model)
         experiment_dir = self.root / str(cfg.name)
-        trains: dict[str, tuple[dict[str, Any], dict[str, Any] | None, str]] = {}
+        trains: dict[str, tuple[dict[str, Any], dict[str, Any] | None, str, dict[str, Any]]] = {}
         for cell in cells:
             if cell.is_initial:
                 continue
@@ -283,16 +297,17 @@ class Planner:
             if toss is not None:
                 scores_dir = Path(toss["toss_dir"]) / ("pro" if toss.get("use_pro") else "scores")
                 train["scores"] = str(scores_dir / SCORES_FILE)
-            key = self.train_key(train, toss)
+            key, settings = self.train_key(train, toss)
             train["output_dir"] = str(self.root / "models" / key)
-            trains[cell.id] = (train, toss, key)
+            trains[cell.id] = (train, toss, key, settings)
         heldout = self.heldout(experiment_dir, trains) if ADVBENCH_HELDOUT in cfg.suite_names() else None
         tasks = cfg.tasks()
         gold_metrics = {("gold_loss" if len(tasks) == 1 else f"gold_loss_{t}"): t for t in tasks}
         runs: list[RunPlan] = []
         for cell in cells:
-            train, toss, key = trains.get(cell.id, (None, None, None))
-            runs.append(self.run_plan(cell, train, toss, key, start, heldout, experiment_dir))
+            train, toss, key, settings = trains.get(cell.id, (None, None, None, None))
+            run = self.run_plan(cell, train, toss, key, start, heldout, experiment_dir)
+            runs.append(dataclasses.replace(run, train_settings=settings))
         suites = {name: kind for run in runs for name, kind in _suite_kinds(run.eval["suites"])}
         return ExperimentPlan(cfg, runs, cells, start, heldout, suites, gold_metrics)
 
@@ -301,7 +316,7 @@ class Planner:
         prompts: set[str] = set()
         for source in self.cfg.exclude_sources:
             prompts |= self.prompts(source)
-        for train, toss, _ in trains.values():
+        for train, toss, *_ in trains.values():
             prompts |= user_prompts(self.mixture(train)[0])
             if train["method"] in PACT_METHODS:
                 prompts |= self.prompts(train.get("pact_prompts", "harmful_train"), train.get("pact_prompts_split"))
@@ -419,12 +434,43 @@ class Planner:
 def canonical(config: Any) -> dict[str, Any]:
     """Every field of a config dataclass, defaults included, integers of float fields as floats: a value written
     ``0`` or ``0.0``, or left at its default, keys the same run."""
+    return canonical_values(config, {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+
+def non_default(config: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` (canonical field values of ``config``) that differ from the field's default: what
+    keys a run, so that adding an option that is off by default does not change the key of any finished run."""
+    from tokensafe.train import config_defaults
+
+    defaults = canonical_values(config, config_defaults(config))
+    values = canonical_values(config, values)
+    return {k: v for k, v in values.items() if k not in defaults or _as_json(v) != _as_json(defaults[k])}
+
+
+def canonical_values(config: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (field name -> value) with integers of float fields as floats, as :func:`canonical` does."""
+    kinds = {f.name: f.default for f in dataclasses.fields(config)}
     out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
+    for name, value in values.items():
+        if isinstance(kinds.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        out[f.name] = value
+        out[name] = value
+    return out
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def settings_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"<part>.<field>: saved -> wanted"`` for every field both settings dicts (``RunPlan.train_settings``) hold
+    with different values; fields only one of them has (options added or removed since) are not conflicts."""
+    out = []
+    for part in sorted(set(saved) & set(wanted)):
+        old, new = saved.get(part) or {}, wanted.get(part) or {}
+        for name in sorted(set(old) & set(new)):
+            if _as_json(old[name]) != _as_json(new[name]):
+                out.append(f"{part}.{name}: {old[name]!r} -> {new[name]!r}")
     return out
 
 

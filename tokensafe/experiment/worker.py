@@ -27,7 +27,7 @@ from typing import Any
 
 from tokensafe.atomic import write_json
 from tokensafe.digests import digest
-from tokensafe.experiment.plan import RunPlan
+from tokensafe.experiment.plan import RunPlan, settings_conflicts
 
 OUTCOME_FILE = "outcome.json"
 TRAIN_MARKER = "experiment_key.json"
@@ -72,11 +72,27 @@ def toss_stage(plan: RunPlan) -> float:
     return time.time() - start
 
 
-def _trained(out: Path, key: str) -> bool:
+def _trained(out: Path, plan: RunPlan) -> bool:
+    """A finished training under ``out`` made for this run's key, with no field of its saved settings (the resolved
+    config, defaults included) different from the run's: a default that changed since is retrained, not reused."""
     marker = out / TRAIN_MARKER
     if not ((out / "final").is_dir() and (out / "train_summary.json").is_file() and marker.is_file()):
         return False
-    return json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    saved = json.loads(marker.read_text(encoding="utf-8"))
+    if saved.get("key") != plan.train_key:
+        return False
+    conflicts = settings_conflicts(saved.get("settings") or {}, plan.train_settings or {})
+    if conflicts:
+        print(
+            f"[experiment] {plan.id}: the model in {out} was trained with other settings ("
+            + "; ".join(conflicts[:5])
+            + (f"; {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+            + "): a default changed since; retraining",
+            flush=True,
+        )
+        shutil.rmtree(out)
+        return False
+    return True
 
 
 def train_stage(plan: RunPlan) -> dict[str, Any]:
@@ -90,7 +106,7 @@ def train_stage(plan: RunPlan) -> dict[str, Any]:
         if plan.redo and out.exists():
             print(f"[experiment] {plan.id}: redo requested, removing {out}", flush=True)
             shutil.rmtree(out)
-        if _trained(out, plan.train_key):
+        if _trained(out, plan):
             print(
                 f"[experiment] {plan.id}: model {out / 'final'} is already trained (key {plan.train_key})", flush=True
             )
@@ -101,7 +117,7 @@ def train_stage(plan: RunPlan) -> dict[str, Any]:
             marker = out / TRAIN_MARKER
             if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") != plan.train_key:
                 shutil.rmtree(out)  # another training's files under this key's folder: never resume those
-            write_json(marker, {"key": plan.train_key, "run": plan.id})
+            write_json(marker, {"key": plan.train_key, "run": plan.id, "settings": plan.train_settings})
             resume = "last" if find_last_checkpoint(out) else None
             if resume:
                 print(f"[experiment] {plan.id}: resuming from {find_last_checkpoint(out)}", flush=True)
