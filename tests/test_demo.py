@@ -14,10 +14,17 @@ import yaml
 from tokensafe.cli import main
 from tokensafe.config import ConfigError, config_to_dict
 from tokensafe.data.sources import DEMO_SOURCES, load_source
-from tokensafe.demo import DemoConfig, align_config, experiment_config, reusable_aligned_model
+from tokensafe.demo import (
+    DemoConfig,
+    align_config,
+    experiment_config,
+    pact_variant_label,
+    reusable_aligned_model,
+)
 from tokensafe.eval.run import parse_suite_spec
 
-LABELS = ["Initial", "SFT", "TOSS", "PACT", "TOSS + PACT"]
+PACT_LABEL = "PACT (weighted KL, first 8 tokens)"  # the variant chosen on the selection suites (issue 18)
+LABELS = ["Initial", "SFT", "TOSS", PACT_LABEL, f"TOSS + {PACT_LABEL}"]
 SUITES = ["demo_eval_harmful", "demo_eval_benign", "demo_arith", "gold_loss"]
 
 
@@ -61,6 +68,8 @@ def test_the_demo_reads_nothing_but_the_packaged_demo_data():
     exp = experiment_config(cfg, "aligned_demo")
     assert exp.data_dir is None and exp.exclude_sources == [] and exp.primary_suite == "demo_eval_harmful"
     assert [row["label"] for row in exp.rows] == LABELS[1:]
+    pact_train = {k: exp.train[k] for k in ("pact_target", "pact_positions", "pact_first_k")}
+    assert pact_train == {"pact_target": "weighted_kl", "pact_positions": "first_k", "pact_first_k": 8}
     (setting,) = exp.setting_specs()
     sources = {setting.task, setting.harmful, exp.train["pact_prompts"]}
     sources |= {exp.toss[key] for key in ("harmful_ref", "utility_ref", "utility_ref_safety")}
@@ -90,8 +99,8 @@ def test_every_default_size_fits_the_shipped_data():
         cfg.align_n_harmful <= available["demo_align_harmful"] and cfg.align_n_benign <= available["demo_align_benign"]
     )
     assert cfg.align_n_borderline <= 197
-    # About 40 optimiser steps per training (the wall-time estimate of the module doc).
-    assert (cfg.n_task + n_harmful) // cfg.batch_size == 40
+    # At most 40 optimiser steps per training (the wall-time budget of the module doc).
+    assert (cfg.n_task + n_harmful) // cfg.batch_size <= 40
 
 
 def test_with_a_data_dir_the_demo_runs_on_the_real_datasets(tmp_path):
@@ -173,3 +182,9 @@ def test_the_demo_runs_end_to_end_offline_and_reuses_its_work(tmp_path, tiny_mod
     out = capsys.readouterr().out
     assert "reusing the aligned model 'aligned_demo'" in out and "nothing to run" in out
     assert json.loads((results_dir / "results.json").read_text())["status"]["done"] == 5
+
+
+def test_the_pact_row_label_names_the_variant_that_ran():
+    assert pact_variant_label(DemoConfig(pact_target="official", pact_positions="all")) == "PACT"
+    assert pact_variant_label(DemoConfig(pact_positions="all")) == "PACT (weighted KL)"
+    assert pact_variant_label(DemoConfig(pact_target="official", pact_first_k=4)) == "PACT (first 4 tokens)"

@@ -93,7 +93,10 @@ class DemoConfig(Checked):
     align_max_new_tokens: int = option(64, "max new tokens of the model's own answers during align", ge=1)
     # --- fine-tuning ---
     n_task: int = option(128, "task rows of the fine-tuning set", ge=1)
-    harmful_share: float = option(0.2, "share of harmful rows in the fine-tuning set", gt=0, lt=1)
+    # 10% as in the TOSS paper's GSM8K + BeaverTails setting. At 20% the demo's harmful answers (~72 tokens against
+    # ~43 per arithmetic answer) are 28.5% of the answer tokens, more than TOSS's rho = 0.2 can drop (measured: 68%
+    # of the harmful tokens dropped, 97.5% of the dropped tokens harmful).
+    harmful_share: float = option(0.1, "share of harmful rows in the fine-tuning set", gt=0, lt=1)
     epochs: float = option(1.0, "fine-tuning epochs", gt=0)
     max_steps: int = option(-1, "stop fine-tuning after this many steps (-1 = epochs)")
     batch_size: int = option(4, "fine-tuning batch size", ge=1)
@@ -104,8 +107,8 @@ class DemoConfig(Checked):
     # --- TOSS ---
     toss_rho: float = option(0.2, "TOSS: share of answer tokens dropped (global top by score)", ge=0, le=1)
     toss_smooth: int = option(64, "TOSS: rank scores averaged over +-w tokens (0 = the paper's raw scores)", ge=0)
-    ref_n: int = option(60, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
-    ref_safety_n: int = option(40, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
+    ref_n: int = option(40, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
+    ref_safety_n: int = option(20, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
     ref_epochs: float = option(2.0, "TOSS: reference epochs", gt=0)
     ref_max_steps: int = option(-1, "TOSS: stop each reference after this many steps (-1 = epochs)")
     # --- PACT ---
@@ -113,6 +116,17 @@ class DemoConfig(Checked):
         50, "PACT: harmful prompts (alignment requests, never evaluated) for the safety tokens", ge=1
     )
     pact_lambda: float = option(1.0, "PACT: weight of the safety-token KL", ge=0)
+    # The PACT variant chosen on the project's selection suites (results/pact_selection_gsm8k): the official target
+    # (official / all) refused 70% of borderline_val and did not learn the task; the weighted KL on the first 8
+    # answer tokens cut harmful_val ASR by 81% against SFT at 2.6% more gold-answer loss than SFT. Not the paper's.
+    pact_target: Literal["official", "weighted_kl", "floor"] = option(
+        "weighted_kl",
+        "PACT: KL target (official = the paper's code; see `tokensafe train --help` and docs/methods/pact.md §8)",
+    )
+    pact_positions: Literal["all", "first_k", "ref_mass"] = option(
+        "first_k", "PACT: answer positions that get the KL (all = the paper's)"
+    )
+    pact_first_k: int = option(8, "PACT: K of pact_positions=first_k", ge=1)
     pact_responses: Literal["generate", "given"] = option(
         "generate",
         "PACT: the aligned model's own greedy answers to those prompts (generate, the method's default) or the demo's "
@@ -122,9 +136,11 @@ class DemoConfig(Checked):
     n_eval_harmful: int = option(100, "held-out harmful requests (ASR)", ge=1)
     n_eval_benign: int = option(100, "benign requests with risky words (over-refusal)", ge=1)
     n_eval_task: int = option(50, "held-out task problems (accuracy)", ge=1)
-    gold_loss_n: int = option(100, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
+    gold_loss_n: int = option(50, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
     eval_batch_size: int = option(64, "generation batch size", ge=1)
-    max_new_tokens: int | None = option(None, "cap new tokens of every suite (none = each suite's own)", ge=1)
+    # Generation is the demo's largest cost after training and is bound by decoded tokens: 80 covers the longest
+    # worked answer (68 tokens) and is far past where a refusal or a "Sure, here is" compliance shows.
+    max_new_tokens: int | None = option(80, "cap new tokens of every suite (none = each suite's own)", ge=1)
     # --- --data_dir only ---
     real_task: str = option("gsm8k", "with --data_dir: the task source")
     real_harmful: str = option("beavertails", "with --data_dir: the harmful source")
@@ -269,9 +285,22 @@ def ensure_aligned(cfg: DemoConfig) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def pact_variant_label(cfg: DemoConfig) -> str:
+    """ "PACT" for the paper's target on every answer token, else the variant in words (the table says which ran)."""
+    parts = []
+    if cfg.pact_target != "official":
+        parts.append({"weighted_kl": "weighted KL", "floor": "floored KL"}[cfg.pact_target])
+    if cfg.pact_positions == "first_k":
+        parts.append(f"first {cfg.pact_first_k} tokens")
+    elif cfg.pact_positions == "ref_mass":
+        parts.append("reference-mass positions")
+    return "PACT" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def rows(cfg: DemoConfig) -> list[dict[str, Any]]:
     """SFT, TOSS, PACT, TOSS + PACT (and the oracle); the Initial row is the experiment's own."""
     smooth = {"toss_smooth": cfg.toss_smooth}
+    pact_label = pact_variant_label(cfg)
     out: list[dict[str, Any]] = [{"name": "sft", "label": "SFT", "method": "sft"}]
     if cfg.oracle:
         out.append(
@@ -284,8 +313,8 @@ def rows(cfg: DemoConfig) -> list[dict[str, Any]]:
         )
     out += [
         {"name": "toss", "label": "TOSS", "method": "toss", "options": smooth},
-        {"name": "pact", "label": "PACT", "method": "pact"},
-        {"name": "toss_pact", "label": "TOSS + PACT", "method": "toss_pact", "options": smooth},
+        {"name": "pact", "label": pact_label, "method": "pact"},
+        {"name": "toss_pact", "label": f"TOSS + {pact_label}", "method": "toss_pact", "options": smooth},
     ]
     return out
 
@@ -309,6 +338,9 @@ def experiment_config(cfg: DemoConfig, model: str) -> Any:
         "pact_base_model": cfg.model,  # the model before alignment: the aligned/base pair PACT compares
         "pact_n_prompts": cfg.pact_n_prompts,
         "pact_lambda": cfg.pact_lambda,
+        "pact_target": cfg.pact_target,
+        "pact_positions": cfg.pact_positions,
+        "pact_first_k": cfg.pact_first_k,
     }
     toss: dict[str, Any] = {
         "harmful_ref_n": cfg.ref_n,
