@@ -21,15 +21,13 @@ the project; see its README.md): no data directory, no network. With ``--data_di
 datasets instead: the regular ``aligned`` model (made with `tokensafe align`'s defaults when missing), GSM8K + 20%
 BeaverTails, JailbreakBench harmful and XSTest safe prompts.
 
-Wall time with the defaults (an ESTIMATE, nothing here was measured on a real model; the defaults are to be tuned
-by measurement): about 25-30 min on 2 idle CPU cores from an empty cache, above the 20 min target. Align ~6 min
-(~250 self-answers of <= 64 tokens, then ~50 steps of batch 8 at ~5 s); four trainings of 40 steps of batch 4 at
-~4 s = ~11 min; TOSS references (D 15 steps, U 25 steps of batch 8) + scores ~3 min, shared by TOSS and TOSS + PACT;
-PACT safety tokens (50 prompts) and reference cache ~1 min, shared by PACT and TOSS + PACT; evaluation of 5 models
-on 100 harmful + 100 benign + 50 task prompts (the generation engine, batch 64, ``stop_at_refusal``) ~1.5 min each.
-The levers, in order: ``--max_new_tokens 96`` (compliant answers run to the cap), fewer evaluation prompts (wider
-intervals), ``--align_n_borderline`` / ``--align_n_benign``, ``--n_task``. A second run reuses the aligned model and
-every finished run.
+Wall time with the defaults, measured from a fresh clone with an empty cache on 2 CPU cores (results/demo/SIZING.md):
+31.4 min, over the 20 min goal. Align 6.5 min (250 self-answers, then 50 steps of batch 8); four trainings of 36
+steps of batch 4 at ~3 s (PACT adds its safety tokens and reference cache, ~2.5 min); TOSS references + scores ~4.5
+min, shared by TOSS and TOSS + PACT; evaluation of 5 models on 100 harmful + 100 benign + 50 task prompts (the
+generation engine, batch 64, ``stop_at_refusal``) 1-2 min each, bound by decoded tokens. The levers, in order:
+``--max_new_tokens``, ``--n_task``, ``--ref_n`` / ``--pact_n_prompts``, fewer evaluation prompts (wider intervals),
+``--align_n_borderline`` / ``--align_n_benign``. A second run reuses the aligned model and every finished run.
 """
 
 from __future__ import annotations
