@@ -24,6 +24,7 @@ from tokensafe.experiment.report import (
     aggregate,
     build_tables,
     format_cell,
+    legend_kinds,
     markdown_report,
     pareto_front,
     write_reports,
@@ -287,3 +288,16 @@ def test_pareto_front() -> None:
     # Lower y better (a loss): (5, 1) dominates every other point.
     assert pareto_front(points, higher_y_better=False) == [4]
     assert pareto_front([], higher_y_better=True) == []
+
+
+def test_the_plot_legend_lists_only_the_kinds_of_rows_present():
+    from tokensafe.experiment.report import Row, Table
+
+    def table(*rows: tuple[str, bool]) -> Table:
+        return Table("s", "", [RATE], [Row(f"r{i}", role, sel, []) for i, (role, sel) in enumerate(rows)], RATE)
+
+    demo = table(("initial", False), ("baseline", False), ("defence", True), ("defence", False))
+    assert legend_kinds([demo]) == ["initial", "baseline", "defence", "selection", "front"]
+    assert legend_kinds([table(("initial", False))]) == ["initial"]  # nothing fine-tuned: no front either
+    with_oracle = table(("initial", False), ("baseline", False), ("oracle", True))
+    assert legend_kinds([demo, with_oracle]) == ["initial", "baseline", "oracle", "defence", "selection", "front"]

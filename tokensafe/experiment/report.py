@@ -618,6 +618,21 @@ DEFENCE_COLOURS = [
 ]  # fmt: skip
 
 
+def legend_kinds(tables: Sequence[Table]) -> list[str]:
+    """The plot's legend entries, in a fixed order, for the kinds of rows the tables hold (a legend that lists an
+    oracle or a data-selection marker that no point uses only misleads): initial, baseline, oracle, defence,
+    selection, and the Pareto front whenever there is a fine-tuned row."""
+    kinds = set()
+    for row in (row for table in tables for row in table.rows):
+        if row.role in STYLES:
+            kinds.add(row.role)
+        else:
+            kinds.add("selection" if row.selection else "defence")
+        if row.role != "initial":
+            kinds.add("front")
+    return [k for k in ("initial", "baseline", "oracle", "defence", "selection", "front") if k in kinds]
+
+
 def pareto_png(tables: Sequence[Table]) -> bytes:
     """The ASR-vs-utility figure as PNG bytes: one row of panels per setting, one panel per utility suite."""
     # The object API with an explicit Agg canvas: no pyplot state, no global backend switch in the importer.
@@ -649,14 +664,17 @@ def pareto_png(tables: Sequence[Table]) -> bytes:
                 ax.set_axis_off()
                 continue
             labels.append((ax, _draw_panel(ax, table, utility[c], colours)))
-    handles = [
-        Line2D([], [], linestyle="none", label="Initial (not fine-tuned)", **STYLES["initial"]),
-        Line2D([], [], linestyle="none", label="SFT", **STYLES["baseline"]),
-        Line2D([], [], linestyle="none", label="Oracle (harmful removed)", **STYLES["oracle"]),
-        Line2D([], [], linestyle="none", marker="o", color="#2563eb", label="defence"),
-        Line2D([], [], linestyle="none", marker="o", color="#2563eb", markerfacecolor="white", label="data selection"),
-        Line2D([], [], color="#9ca3af", linestyle="--", label="Pareto front (fine-tuned rows)"),
-    ]
+    every = {
+        "initial": Line2D([], [], linestyle="none", label="Initial (not fine-tuned)", **STYLES["initial"]),
+        "baseline": Line2D([], [], linestyle="none", label="SFT", **STYLES["baseline"]),
+        "oracle": Line2D([], [], linestyle="none", label="Oracle (harmful removed)", **STYLES["oracle"]),
+        "defence": Line2D([], [], linestyle="none", marker="o", color="#2563eb", label="defence"),
+        "selection": Line2D(
+            [], [], linestyle="none", marker="o", color="#2563eb", markerfacecolor="white", label="data selection"
+        ),
+        "front": Line2D([], [], color="#9ca3af", linestyle="--", label="Pareto front (fine-tuned rows)"),
+    }
+    handles = [every[kind] for kind in legend_kinds(tables)]
     fig.legend(
         handles=handles, loc="outside upper center", ncols=6, fontsize=9, frameon=False, title_fontsize=10,
         title="ASR against utility: points are means over seeds, bars Wilson 95% intervals",
