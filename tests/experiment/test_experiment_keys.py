@@ -100,3 +100,16 @@ def test_a_finished_model_is_reused_only_when_no_saved_setting_differs(make_plan
     assert not out.exists()  # never resume or reuse another training's files
     said = capsys.readouterr().out
     assert "train.learning_rate: 1.0 -> " in said and "retraining" in said
+
+
+def test_a_killed_training_under_other_settings_is_removed_not_resumed(make_plan, tmp_path):
+    plan = make_plan()["s/sft/seed0"]
+    out = tmp_path / "model"
+    (out / "checkpoint-2").mkdir(parents=True)  # killed before final/: resuming would mix two trainings
+    changed = json.loads(json.dumps(plan.train_settings))
+    changed["train"]["learning_rate"] = 1.0
+    (out / worker.TRAIN_MARKER).write_text(json.dumps({"key": plan.train_key, "settings": changed}))
+    assert not worker._trained(out, plan) and not out.exists()
+    (out / "checkpoint-2").mkdir(parents=True)  # the same run's own checkpoint is kept for --resume last
+    (out / worker.TRAIN_MARKER).write_text(json.dumps({"key": plan.train_key, "settings": plan.train_settings}))
+    assert not worker._trained(out, plan) and (out / "checkpoint-2").is_dir()

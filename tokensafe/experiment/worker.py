@@ -73,10 +73,11 @@ def toss_stage(plan: RunPlan) -> float:
 
 
 def _trained(out: Path, plan: RunPlan) -> bool:
-    """A finished training under ``out`` made for this run's key, with no field of its saved settings (the resolved
-    config, defaults included) different from the run's: a default that changed since is retrained, not reused."""
+    """Whether ``out`` holds this run's finished training. Files written for this run's key under other settings
+    (the resolved config, defaults included: a default changed since) are removed first, with the fields named,
+    whether that training finished or was killed midway: neither is reused or resumed."""
     marker = out / TRAIN_MARKER
-    if not ((out / "final").is_dir() and (out / "train_summary.json").is_file() and marker.is_file()):
+    if not marker.is_file():
         return False
     saved = json.loads(marker.read_text(encoding="utf-8"))
     if saved.get("key") != plan.train_key:
@@ -92,7 +93,7 @@ def _trained(out: Path, plan: RunPlan) -> bool:
         )
         shutil.rmtree(out)
         return False
-    return True
+    return (out / "final").is_dir() and (out / "train_summary.json").is_file()
 
 
 def train_stage(plan: RunPlan) -> dict[str, Any]:
