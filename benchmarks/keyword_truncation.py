@@ -29,6 +29,8 @@ KEYWORD_SUITES = {
     "harmbench_contextual": "safety",
     "xstest_safe": "over_refusal",
     "jbb_benign": "over_refusal",
+    "demo_eval_harmful": "safety",
+    "demo_eval_benign": "over_refusal",
 }
 
 

@@ -37,6 +37,7 @@ def toy_flags(tmp_path: Path, model: Path) -> list[str]:
         "runs_dir": tmp_path / "runs",
         "isolation": "inprocess",
         "echo": "false",
+        "toss_pact": "true",
         "align_n_harmful": 4,
         "align_n_benign": 2,
         "align_n_borderline": 2,
@@ -67,7 +68,9 @@ def test_the_demo_reads_nothing_but_the_packaged_demo_data():
     cfg = DemoConfig()
     exp = experiment_config(cfg, "aligned_demo")
     assert exp.data_dir is None and exp.exclude_sources == [] and exp.primary_suite == "demo_eval_harmful"
-    assert [row["label"] for row in exp.rows] == LABELS[1:]
+    # TOSS + PACT is opt-in (the 20-minute budget); the end-to-end test below runs it.
+    assert [row["label"] for row in exp.rows] == LABELS[1:4]
+    assert [row["label"] for row in experiment_config(DemoConfig(toss_pact=True), "m").rows] == LABELS[1:]
     pact_train = {k: exp.train[k] for k in ("pact_target", "pact_positions", "pact_first_k")}
     assert pact_train == {"pact_target": "weighted_kl", "pact_positions": "first_k", "pact_first_k": 8}
     (setting,) = exp.setting_specs()
@@ -101,6 +104,8 @@ def test_every_default_size_fits_the_shipped_data():
     assert cfg.align_n_borderline <= 197
     # At most 40 optimiser steps per training (the wall-time budget of the module doc).
     assert (cfg.n_task + n_harmful) // cfg.batch_size <= 40
+    # The demo's results go where git ignores them: results/ holds the README's committed measurement.
+    assert Path(cfg.output_dir).parts[0] == "runs" and Path(cfg.runs_dir).parts[0] == "runs"
 
 
 def test_with_a_data_dir_the_demo_runs_on_the_real_datasets(tmp_path):

@@ -64,14 +64,23 @@ class DemoConfig(Checked):
     name: str | None = option(
         None, "experiment name: results/<name>/ (default demo; demo_real with --data_dir)", safe_name=True
     )
-    output_dir: str = option("results", "results go to <output_dir>/<name>/ (results.md, report.html, pareto.png)")
+    output_dir: str = option(
+        "runs",
+        "results go to <output_dir>/<name>/ (results.md, report.html, pareto.png); not results/, where the committed "
+        "measurement of the README lives",
+    )
     runs_dir: str = option("runs/demo", "trained models, TOSS references, evaluations and logs")
     cache_dir: str | None = option(None, "cache root for models (the aligned model is saved there by name)")
     threads: int = option(0, "torch CPU threads (0 = torch default)", ge=0)
     seed: int = option(0, "seed of the fine-tuning runs")
     oracle: bool = option(False, "add the oracle row: SFT on the same task rows without the harmful ones")
+    # Off by default only for the 20-minute budget (one more training and evaluation, ~3 min); in the 31-minute
+    # sizing run it had the lowest ASR and the highest over-refusal of all rows (results/demo/SIZING.md).
+    toss_pact: bool = option(False, "add the TOSS + PACT row: token selection and the safety-token KL in one run")
+    # In this process by default: a fresh process per run costs ~8-10 s of imports and model loads, and the demo's
+    # model is small enough that nothing leaks that matters.
     isolation: Literal["subprocess", "inprocess"] = option(
-        "subprocess", "run each fine-tuning run in its own process (subprocess) or in this one (inprocess)"
+        "inprocess", "run each fine-tuning run in this process (inprocess) or in its own one (subprocess)"
     )
     echo: bool = option(True, "stream each run's log to the terminal")
     # --- align ---
@@ -80,17 +89,17 @@ class DemoConfig(Checked):
         f"named aligned model, reused when present (default {DEMO_ALIGNED}; {REAL_ALIGNED} with --data_dir)",
         safe_name=True,
     )
-    align_n_harmful: int = option(150, "demo harmful requests paired with refusals", ge=1)
-    align_n_benign: int = option(150, "demo benign instructions answered by the model itself", ge=0)
+    align_n_harmful: int = option(100, "demo harmful requests paired with refusals", ge=1)
+    align_n_benign: int = option(100, "demo benign instructions answered by the model itself", ge=0)
     align_n_borderline: int = option(
-        100, "tokensafe's borderline-but-safe prompts answered by the model itself (0-197)", ge=0
+        80, "tokensafe's borderline-but-safe prompts answered by the model itself (0-197)", ge=0
     )
     align_epochs: float = option(1.0, "align epochs", gt=0)
     align_max_steps: int = option(-1, "stop align after this many steps (-1 = epochs)")
     align_batch_size: int = option(8, "align batch size", ge=1)
-    align_max_new_tokens: int = option(64, "max new tokens of the model's own answers during align", ge=1)
+    align_max_new_tokens: int = option(48, "max new tokens of the model's own answers during align", ge=1)
     # --- fine-tuning ---
-    n_task: int = option(128, "task rows of the fine-tuning set", ge=1)
+    n_task: int = option(96, "task rows of the fine-tuning set", ge=1)
     # 10% as in the TOSS paper's GSM8K + BeaverTails setting. At 20% the demo's harmful answers (~72 tokens against
     # ~43 per arithmetic answer) are 28.5% of the answer tokens, more than TOSS's rho = 0.2 can drop (measured: 68%
     # of the harmful tokens dropped, 97.5% of the dropped tokens harmful).
@@ -105,13 +114,13 @@ class DemoConfig(Checked):
     # --- TOSS ---
     toss_rho: float = option(0.2, "TOSS: share of answer tokens dropped (global top by score)", ge=0, le=1)
     toss_smooth: int = option(64, "TOSS: rank scores averaged over +-w tokens (0 = the paper's raw scores)", ge=0)
-    ref_n: int = option(40, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
-    ref_safety_n: int = option(20, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
+    ref_n: int = option(32, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
+    ref_safety_n: int = option(12, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
     ref_epochs: float = option(2.0, "TOSS: reference epochs", gt=0)
     ref_max_steps: int = option(-1, "TOSS: stop each reference after this many steps (-1 = epochs)")
     # --- PACT ---
     pact_n_prompts: int = option(
-        50, "PACT: harmful prompts (alignment requests, never evaluated) for the safety tokens", ge=1
+        32, "PACT: harmful prompts (alignment requests, never evaluated) for the safety tokens", ge=1
     )
     pact_lambda: float = option(1.0, "PACT: weight of the safety-token KL", ge=0)
     # The PACT variant chosen on the project's selection suites (results/pact_selection_gsm8k): the official target
@@ -134,11 +143,11 @@ class DemoConfig(Checked):
     n_eval_harmful: int = option(100, "held-out harmful requests (ASR)", ge=1)
     n_eval_benign: int = option(100, "benign requests with risky words (over-refusal)", ge=1)
     n_eval_task: int = option(50, "held-out task problems (accuracy)", ge=1)
-    gold_loss_n: int = option(50, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
+    gold_loss_n: int = option(40, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
     eval_batch_size: int = option(64, "generation batch size", ge=1)
-    # Generation is the demo's largest cost after training and is bound by decoded tokens: 80 covers the longest
-    # worked answer (68 tokens) and is far past where a refusal or a "Sure, here is" compliance shows.
-    max_new_tokens: int | None = option(80, "cap new tokens of every suite (none = each suite's own)", ge=1)
+    # None: each suite's own budget (tokensafe.eval.suites: 48 for the demo's harmful and benign prompts, 80 for its
+    # problems). Generation is bound by decoded tokens; with --data_dir the real suites' 128 are capped by this.
+    max_new_tokens: int | None = option(None, "cap new tokens of every suite (none = each suite's own)", ge=1)
     # --- --data_dir only ---
     real_task: str = option("gsm8k", "with --data_dir: the task source")
     real_harmful: str = option("beavertails", "with --data_dir: the harmful source")
@@ -296,7 +305,7 @@ def pact_variant_label(cfg: DemoConfig) -> str:
 
 
 def rows(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """SFT, TOSS, PACT, TOSS + PACT (and the oracle); the Initial row is the experiment's own."""
+    """SFT, TOSS, PACT (and TOSS + PACT, the oracle); the Initial row is the experiment's own."""
     smooth = {"toss_smooth": cfg.toss_smooth}
     pact_label = pact_variant_label(cfg)
     out: list[dict[str, Any]] = [{"name": "sft", "label": "SFT", "method": "sft"}]
@@ -312,8 +321,9 @@ def rows(cfg: DemoConfig) -> list[dict[str, Any]]:
     out += [
         {"name": "toss", "label": "TOSS", "method": "toss", "options": smooth},
         {"name": "pact", "label": pact_label, "method": "pact"},
-        {"name": "toss_pact", "label": f"TOSS + {pact_label}", "method": "toss_pact", "options": smooth},
     ]
+    if cfg.toss_pact:
+        out.append({"name": "toss_pact", "label": f"TOSS + {pact_label}", "method": "toss_pact", "options": smooth})
     return out
 
 

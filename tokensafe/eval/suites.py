@@ -56,7 +56,11 @@ SUBSET_MODES = ("random", "first")
 SAFETY_TOKENS = 128
 LABEL_TOKENS = 16
 GSM8K_TOKENS = 256
-DEMO_ARITH_TOKENS = 128  # the demo's worked answers are 2-4 short lines (~30-60 tokens)
+# The demo's worked answers are 2-4 short lines (longest 68 tokens). Its held-out harmful and benign prompts get 48:
+# on the 1,000 128-token answers of results/demo/SIZING.md try 1, cutting every answer at 40 or 48 tokens changed no
+# keyword verdict and at 32 one (benchmarks/keyword_truncation.py), and generation is the demo's largest cost.
+DEMO_ARITH_TOKENS = 80
+DEMO_SAFETY_TOKENS = 48
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ SUITES: dict[str, Suite] = {
             "safety",
             "demo_eval_harmful",
             "test",
-            SAFETY_TOKENS,
+            DEMO_SAFETY_TOKENS,
             "tokensafe demo: held-out harmful requests (100), per category",
         ),
         _suite(
@@ -229,7 +233,7 @@ SUITES: dict[str, Suite] = {
             "over_refusal",
             "demo_eval_benign",
             "test",
-            SAFETY_TOKENS,
+            DEMO_SAFETY_TOKENS,
             "tokensafe demo: benign prompts with risky words (100), per category",
         ),
         _suite(
