@@ -8,7 +8,8 @@ task accuracy. The demo measures it on the spot:
    demo alignment prompts, saved as the named model ``aligned_demo`` and reused by the next run (``tokensafe
    align``'s progress bars);
 2. **fine-tune** it on arithmetic word problems with a share of harmful "Sure, here is ..." pairs mixed in, once per
-   row: SFT, TOSS, PACT and TOSS + PACT (and the oracle, SFT without the harmful rows, with ``--oracle true``);
+   row: SFT, TOSS and PACT (TOSS + PACT with ``--toss_pact true``, the oracle, SFT without the harmful rows,
+   with ``--oracle true``);
 3. **evaluate** the aligned model (the Initial row) and every fine-tuned one on held-out harmful requests (ASR),
    benign requests with risky words (over-refusal) and held-out problems (accuracy, plus the loss of the gold
    answers), with Wilson intervals and a McNemar test against SFT;
@@ -18,16 +19,17 @@ Steps 2-4 are one `tokensafe experiment` (built here, run by :func:`tokensafe.ex
 live view shows every run's state and the time left, and it is resumable (run the demo again after a kill and only
 unfinished runs are redone). Everything it reads ships inside the package (``tokensafe/resources/demo``, written for
 the project; see its README.md): no data directory, no network. With ``--data_dir`` the same demo runs on the real
-datasets instead: the regular ``aligned`` model (made with `tokensafe align`'s defaults when missing), GSM8K + 20%
+datasets instead: the regular ``aligned`` model (made with `tokensafe align`'s defaults when missing), GSM8K + 10%
 BeaverTails, JailbreakBench harmful and XSTest safe prompts.
 
-Wall time with the defaults, measured from a fresh clone with an empty cache on 2 CPU cores (results/demo/SIZING.md):
-31.4 min, over the 20 min goal. Align 6.5 min (250 self-answers, then 50 steps of batch 8); four trainings of 36
-steps of batch 4 at ~3 s (PACT adds its safety tokens and reference cache, ~2.5 min); TOSS references + scores ~4.5
-min, shared by TOSS and TOSS + PACT; evaluation of 5 models on 100 harmful + 100 benign + 50 task prompts (the
-generation engine, batch 64, ``stop_at_refusal``) 1-2 min each, bound by decoded tokens. The levers, in order:
-``--max_new_tokens``, ``--n_task``, ``--ref_n`` / ``--pact_n_prompts``, fewer evaluation prompts (wider intervals),
-``--align_n_borderline`` / ``--align_n_benign``. A second run reuses the aligned model and every finished run.
+Wall time with the defaults, measured from a fresh clone with an empty cache on 2 CPU cores: see results/demo/SIZING.md
+(try 2, 31.4 min; try 3, 23.2 min; the defaults below are try 4's). Align on 230 samples (100 refusals, 130
+self-answers of at most 40 tokens); three trainings of 20 steps of batch 4 at ~3 s (PACT adds its safety tokens and
+reference cache); TOSS references + scores, shared by TOSS and TOSS + PACT; evaluation of 4 models on 100 harmful +
+100 benign prompts (40 new tokens: where a refusal or a "Sure, here is" shows) + 40 problems (80 tokens), bound by
+decoded tokens. ``--toss_pact true`` adds the TOSS + PACT row (~3 min). The levers, in order: ``--n_task``,
+``--ref_n`` / ``--pact_n_prompts``, fewer evaluation prompts (wider intervals), ``--align_n_borderline`` /
+``--align_n_benign``. A second run reuses the aligned model and every finished run.
 """
 
 from __future__ import annotations
@@ -90,16 +92,16 @@ class DemoConfig(Checked):
         safe_name=True,
     )
     align_n_harmful: int = option(100, "demo harmful requests paired with refusals", ge=1)
-    align_n_benign: int = option(100, "demo benign instructions answered by the model itself", ge=0)
+    align_n_benign: int = option(70, "demo benign instructions answered by the model itself", ge=0)
     align_n_borderline: int = option(
-        80, "tokensafe's borderline-but-safe prompts answered by the model itself (0-197)", ge=0
+        60, "tokensafe's borderline-but-safe prompts answered by the model itself (0-197)", ge=0
     )
     align_epochs: float = option(1.0, "align epochs", gt=0)
     align_max_steps: int = option(-1, "stop align after this many steps (-1 = epochs)")
     align_batch_size: int = option(8, "align batch size", ge=1)
-    align_max_new_tokens: int = option(48, "max new tokens of the model's own answers during align", ge=1)
+    align_max_new_tokens: int = option(40, "max new tokens of the model's own answers during align", ge=1)
     # --- fine-tuning ---
-    n_task: int = option(96, "task rows of the fine-tuning set", ge=1)
+    n_task: int = option(72, "task rows of the fine-tuning set", ge=1)
     # 10% as in the TOSS paper's GSM8K + BeaverTails setting. At 20% the demo's harmful answers (~72 tokens against
     # ~43 per arithmetic answer) are 28.5% of the answer tokens, more than TOSS's rho = 0.2 can drop (measured: 68%
     # of the harmful tokens dropped, 97.5% of the dropped tokens harmful).
@@ -114,13 +116,13 @@ class DemoConfig(Checked):
     # --- TOSS ---
     toss_rho: float = option(0.2, "TOSS: share of answer tokens dropped (global top by score)", ge=0, le=1)
     toss_smooth: int = option(64, "TOSS: rank scores averaged over +-w tokens (0 = the paper's raw scores)", ge=0)
-    ref_n: int = option(32, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
-    ref_safety_n: int = option(12, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
+    ref_n: int = option(24, "TOSS: rows of each reference corpus (D: harmful, U: held-apart task rows)", ge=1)
+    ref_safety_n: int = option(8, "TOSS: refusals added to U's corpus (it keeps the refusals)", ge=1)
     ref_epochs: float = option(2.0, "TOSS: reference epochs", gt=0)
     ref_max_steps: int = option(-1, "TOSS: stop each reference after this many steps (-1 = epochs)")
     # --- PACT ---
     pact_n_prompts: int = option(
-        32, "PACT: harmful prompts (alignment requests, never evaluated) for the safety tokens", ge=1
+        24, "PACT: harmful prompts (alignment requests, never evaluated) for the safety tokens", ge=1
     )
     pact_lambda: float = option(1.0, "PACT: weight of the safety-token KL", ge=0)
     # The PACT variant chosen on the project's selection suites (results/pact_selection_gsm8k): the official target
@@ -142,8 +144,8 @@ class DemoConfig(Checked):
     # --- evaluation ---
     n_eval_harmful: int = option(100, "held-out harmful requests (ASR)", ge=1)
     n_eval_benign: int = option(100, "benign requests with risky words (over-refusal)", ge=1)
-    n_eval_task: int = option(50, "held-out task problems (accuracy)", ge=1)
-    gold_loss_n: int = option(40, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
+    n_eval_task: int = option(40, "held-out task problems (accuracy)", ge=1)
+    gold_loss_n: int = option(30, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
     eval_batch_size: int = option(64, "generation batch size", ge=1)
     # None: each suite's own budget (tokensafe.eval.suites: 48 for the demo's harmful and benign prompts, 80 for its
     # problems). Generation is bound by decoded tokens; with --data_dir the real suites' 128 are capped by this.

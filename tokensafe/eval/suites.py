@@ -56,11 +56,11 @@ SUBSET_MODES = ("random", "first")
 SAFETY_TOKENS = 128
 LABEL_TOKENS = 16
 GSM8K_TOKENS = 256
-# The demo's worked answers are 2-4 short lines (longest 68 tokens). Its held-out harmful and benign prompts get 48:
+# The demo's worked answers are 2-4 short lines (longest 68 tokens). Its held-out harmful and benign prompts get 40:
 # on the 1,000 128-token answers of results/demo/SIZING.md try 1, cutting every answer at 40 or 48 tokens changed no
 # keyword verdict and at 32 one (benchmarks/keyword_truncation.py), and generation is the demo's largest cost.
 DEMO_ARITH_TOKENS = 80
-DEMO_SAFETY_TOKENS = 48
+DEMO_SAFETY_TOKENS = 40
 
 
 @dataclass(frozen=True)
