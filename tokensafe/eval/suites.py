@@ -57,8 +57,9 @@ SAFETY_TOKENS = 128
 LABEL_TOKENS = 16
 GSM8K_TOKENS = 256
 # The demo's worked answers are 2-4 short lines (longest 68 tokens). Its held-out harmful and benign prompts get 40:
-# on the 1,000 128-token answers of results/demo/SIZING.md try 1, cutting every answer at 40 or 48 tokens changed no
-# keyword verdict and at 32 one (benchmarks/keyword_truncation.py), and generation is the demo's largest cost.
+# cutting at 40 tokens changed no keyword verdict on the 1,000 128-token answers of results/demo/SIZING.md try 1 nor
+# on the 800 48-token answers of try 3, at 32 one (benchmarks/keyword_truncation.py); generation is the demo's
+# largest cost.
 DEMO_ARITH_TOKENS = 80
 DEMO_SAFETY_TOKENS = 40
 
