@@ -64,7 +64,7 @@ class DemoConfig(Checked):
         "instead of the demo data shipped inside tokensafe",
     )
     name: str | None = option(
-        None, "experiment name: results/<name>/ (default demo; demo_real with --data_dir)", safe_name=True
+        None, "experiment name: <output_dir>/<name>/ (default demo; demo_real with --data_dir)", safe_name=True
     )
     output_dir: str = option(
         "runs",
@@ -147,8 +147,8 @@ class DemoConfig(Checked):
     n_eval_task: int = option(40, "held-out task problems (accuracy)", ge=1)
     gold_loss_n: int = option(30, "held-out task rows of the gold-answer loss (0 = off)", ge=0)
     eval_batch_size: int = option(64, "generation batch size", ge=1)
-    # None: each suite's own budget (tokensafe.eval.suites: 48 for the demo's harmful and benign prompts, 80 for its
-    # problems). Generation is bound by decoded tokens; with --data_dir the real suites' 128 are capped by this.
+    # None: each suite's own budget (tokensafe.eval.suites: 40 for the demo's harmful and benign prompts, 80 for its
+    # problems; with --data_dir the real suites' own, 128 for JBB and XSTest). Generation is bound by decoded tokens.
     max_new_tokens: int | None = option(None, "cap new tokens of every suite (none = each suite's own)", ge=1)
     # --- --data_dir only ---
     real_task: str = option("gsm8k", "with --data_dir: the task source")
