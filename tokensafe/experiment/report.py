@@ -618,16 +618,21 @@ DEFENCE_COLOURS = [
 ]  # fmt: skip
 
 
+def marker_kind(row: Row) -> str:
+    """How the plot marks ``row``: its role's own style (initial, baseline, oracle), else a coloured circle, hollow
+    for a data-selection method ("selection") and filled for any other defence ("defence")."""
+    if row.role in STYLES:
+        return row.role
+    return "selection" if row.selection else "defence"
+
+
 def legend_kinds(tables: Sequence[Table]) -> list[str]:
     """The plot's legend entries, in a fixed order, for the kinds of rows the tables hold (a legend that lists an
     oracle or a data-selection marker that no point uses only misleads): initial, baseline, oracle, defence,
     selection, and the Pareto front whenever there is a fine-tuned row."""
     kinds = set()
     for row in (row for table in tables for row in table.rows):
-        if row.role in STYLES:
-            kinds.add(row.role)
-        else:
-            kinds.add("selection" if row.selection else "defence")
+        kinds.add(marker_kind(row))
         if row.role != "initial":
             kinds.add("front")
     return [k for k in ("initial", "baseline", "oracle", "defence", "selection", "front") if k in kinds]
@@ -725,7 +730,7 @@ def _draw_panel(ax: Any, table: Table, suite: Suite, colours: dict[str, str]) ->
             y = high + 0.35 * span if y > high else low - 0.35 * span
             style["marker"] = "^" if y > high else "v"
             yerr = None
-        if row.selection and row.role not in STYLES:
+        if marker_kind(row) == "selection":
             style["markerfacecolor"] = "white"  # hollow: a data-selection method
         ax.errorbar(
             x, y, xerr=xerr, yerr=yerr, color=colour, ecolor=colour, elinewidth=1, capsize=2.5, alpha=0.9,
