@@ -150,6 +150,7 @@ def test_markdown_table_cells(reports: dict[str, Path]) -> None:
     md = reports["markdown"].read_text(encoding="utf-8")
     assert "62a6ceb35c779ee7" in md and "fixture_two_settings" in md and "wall time" in md
     first = md.split("## sst2_advbench_p10")[0].split("## gsm8k_beavertails_p10")[1]
+    first = first.split("### Which defence wins")[0]  # the results table, not the verdict table below it
     lines = {line.split(" | ")[0].lstrip("| "): line for line in first.splitlines() if line.startswith("| ")}
     toss = lines["TOSS"].strip("| ").split(" | ")
     # method, seeds, JBB, AdvBench, XSTest, JBB benign, GSM8K, gold loss, p vs SFT, share, train min

@@ -44,6 +44,7 @@ import numpy as np
 from tokensafe.atomic import write_bytes, write_text
 from tokensafe.display import MARKER_CSS, html_text, visible
 from tokensafe.eval.metrics import wilson_interval
+from tokensafe.experiment.verdict import CRITERIA, judge_table, summary_sentence, verdict_cells
 
 # The token-risk rendering is TOSS's own (one rendering of a token for both the TOSS page and this report).
 from tokensafe.toss.view import RISKY_RGB, SAFE_RGB, TokenView, token_html
@@ -510,6 +511,38 @@ def _per_seed_lines(table: Table) -> list[tuple[str, str]]:
     return out
 
 
+def verdict_markdown(table: Table) -> list[str]:
+    """The "which defence wins" lines of a table: the summary sentence, the criteria and the verdict table."""
+    judgements = judge_table(table)
+    if not judgements:
+        return []
+    header, rows = verdict_cells(judgements, table)
+    lines = [f"### Which defence wins ({md_text(table.setting)})", ""]
+    lines += [md_text(summary_sentence(judgements, table.primary.label if table.primary else "ASR")), ""]
+    lines += [f"> {md_text(CRITERIA)}", ""]
+    lines += ["| " + " | ".join(md_text(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def verdict_html(table: Table) -> str:
+    """The HTML of :func:`verdict_markdown`: summary, criteria, verdict table (winners shaded)."""
+    judgements = judge_table(table)
+    if not judgements:
+        return ""
+    header, rows = verdict_cells(judgements, table)
+    sentence = summary_sentence(judgements, table.primary.label if table.primary else "ASR")
+    head = "<tr>" + "".join(f"<th>{html_text(c)}</th>" for c in header) + "</tr>"
+    body = "".join(
+        f"<tr class='{'win' if j.wins else j.role}'>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>"
+        for j, row in zip(judgements, rows, strict=True)
+    )
+    return (
+        f"<h3>Which defence wins</h3><p><b>{html_text(sentence)}</b></p><p class='note'>{html_text(CRITERIA)}</p>"
+        f"<div class='scroll'><table class='verdict'><thead>{head}</thead><tbody>{body}</tbody></table></div>"
+    )
+
+
 def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
     name = str(results.get("experiment") or "experiment")
     lines = [f"# Experiment `{md_text(name)}`", ""]
@@ -529,6 +562,7 @@ def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
             lines += ["Per-seed values:", ""]
             lines += [f"- {md_text(label)} ({md_text(text)})" for label, text in per_seed]
             lines.append("")
+        lines += verdict_markdown(table)
     lines += ["![ASR vs utility](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -784,6 +818,11 @@ table.results .ci { font-size: 0.85em; color: #555; }
 table.results tr.initial td { color: #555; background: #fafafa; }
 table.results tr.baseline td.label, table.results tr.oracle td.label { font-weight: 600; }
 .desc { color: #555; margin: 0.2em 0; }
+table.verdict { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
+table.verdict th, table.verdict td { border: 1px solid #e5e7eb; padding: 0.3em 0.6em; text-align: left; }
+table.verdict th { background: #f3f4f6; }
+table.verdict tr.win td { background: #ecfdf5; font-weight: 600; }
+table.verdict tr.oracle td { color: #555; background: #fafafa; }
 .seeds { font-size: 0.82em; color: #444; } .seeds li { margin: 0.1em 0; }
 img.plot { max-width: 100%; border: 1px solid #e5e7eb; }
 table.tokens { border-collapse: collapse; font-size: 0.86em; }
@@ -941,6 +980,7 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) ->
         if per_seed:
             items = "".join(f"<li><b>{html_text(label)}</b>: {html_text(text)}</li>" for label, text in per_seed)
             parts.append(f"<details class='seeds'><summary>per-seed values</summary><ul>{items}</ul></details>")
+        parts.append(verdict_html(table))
     data = base64.b64encode(png).decode("ascii")
     parts += [
         "<h2>ASR against utility</h2>",
