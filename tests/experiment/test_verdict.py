@@ -66,7 +66,7 @@ def test_a_safer_row_that_keeps_its_promises_wins_with_its_cut() -> None:
     assert j.over_refusal_rise == pytest.approx({"XSTest": 3.0, "JBB benign": 0.0})
     assert j.utility_gap == pytest.approx({"GSM8K accuracy": 0.0, "gold loss": 0.02})
     sentence = summary_sentence([j], "JBB ASR")
-    assert sentence == "Wins on JBB ASR: TOSS (20.0% vs SFT 80.0%, -60.0 points (75% cut))."
+    assert sentence == "Wins on JBB ASR: TOSS: 20.0% vs SFT 80.0%, -60.0 points (75% cut)."
 
 
 def test_each_bound_passes_exactly_at_the_bound_and_fails_past_it() -> None:
@@ -120,8 +120,8 @@ def test_order_summary_and_cells() -> None:
     judgements = judge_table(table)
     assert [j.label for j in judgements] == ["PACT", "Oracle", "KL"]  # lowest ASR first
     assert summary_sentence(judgements, "JBB ASR") == (
-        "No defence wins: the rows safer than SFT pay for it in over-refusal or utility: PACT (14.0% vs SFT 80.0%,"
-        " -66.0 points (82% cut); XSTest +41.0 points over Initial)."
+        "No defence wins: the rows safer than SFT pay for it in over-refusal or utility. PACT: 14.0% vs SFT 80.0%,"
+        " -66.0 points (82% cut), but XSTest +41.0 points over Initial."
     )
     header, cells = verdict_cells(judgements, table)
     assert header[1] == "JBB ASR vs SFT" and len(cells) == 3

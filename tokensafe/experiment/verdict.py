@@ -170,13 +170,13 @@ def summary_sentence(judgements: list[Judgement], primary_label: str) -> str:
         return "No defence row is finished yet."
     winners = [j for j in judgements if j.wins]
     if winners:
-        parts = [f"{j.label} ({_cut_text(j)})" for j in winners]
-        return f"Wins on {primary_label}: " + ", ".join(parts) + "."
+        parts = [f"{j.label}: {_cut_text(j)}" for j in winners]
+        return f"Wins on {primary_label}: " + "; ".join(parts) + "."
     safer = [j for j in judgements if j.safer and j.role != "oracle"]
     if safer:
-        parts = [f"{j.label} ({_cut_text(j)}; {'; '.join(j.failures)})" for j in safer]
+        parts = [f"{j.label}: {_cut_text(j)}, but {'; '.join(j.failures)}" for j in safer]
         return (
-            "No defence wins: the rows safer than SFT pay for it in over-refusal or utility: " + ", ".join(parts) + "."
+            "No defence wins: the rows safer than SFT pay for it in over-refusal or utility. " + ". ".join(parts) + "."
         )
     return f"No defence is significantly safer than SFT on {primary_label}."
 
