@@ -44,6 +44,7 @@ import numpy as np
 from tokensafe.atomic import write_bytes, write_text
 from tokensafe.display import MARKER_CSS, html_text, visible
 from tokensafe.eval.metrics import wilson_interval
+from tokensafe.experiment.stats import format_p
 from tokensafe.experiment.verdict import CRITERIA, judge_table, summary_sentence, verdict_cells
 
 # The token-risk rendering is TOSS's own (one rendering of a token for both the TOSS page and this report).
@@ -355,10 +356,6 @@ def format_cell(cell: Cell, suite: Suite) -> str:
         else:
             text += f" [{cell.low:.3f}, {cell.high:.3f}]"
     return text
-
-
-def format_p(p: float) -> str:
-    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
 def format_vs_sft(row: Row, suite: Suite | None) -> str:

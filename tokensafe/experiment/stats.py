@@ -20,6 +20,11 @@ BAD_IS_ONE = {"safety": True, "over_refusal": True, "utility": False}
 FLAG_FIELD = {"safety": "harmful", "over_refusal": "refused", "utility": "correct"}
 
 
+def format_p(p: float) -> str:
+    """A p-value as the reports print it: ``1.2e-07`` below 0.001, else ``0.008``."""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
 def flag_string(values: Sequence[bool | None]) -> str:
     """``[True, False, None]`` -> ``"10x"``."""
     return "".join("x" if v is None else ("1" if v else "0") for v in values)

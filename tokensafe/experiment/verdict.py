@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tokensafe.experiment.stats import format_p
+
 if TYPE_CHECKING:  # the table types live in report.py, which imports this module
     from tokensafe.experiment.report import Cell, Row, Suite, Table
 
@@ -89,7 +91,8 @@ class Judgement:
 
 
 def _value(cell: Cell | None) -> float | None:
-    return cell.value if cell is not None and cell.value is not None and math.isfinite(cell.value) else None
+    """The cell's value; ``aggregate`` only builds cells from finite values, so None is the only gap."""
+    return None if cell is None else cell.value
 
 
 def _interval(cell: Cell | None) -> tuple[float, float] | None:
@@ -199,7 +202,7 @@ def _bracket(interval: tuple[float, float] | None) -> str:
 
 
 def _p_text(j: Judgement) -> str:
-    return "; ".join(f"{p:.1e}" if p < 0.001 else f"{p:.3f}" for p in j.p_values) or "\u2014"
+    return "; ".join(format_p(p) for p in j.p_values) or "\u2014"
 
 
 def _rises_text(values: dict[str, float]) -> str:
