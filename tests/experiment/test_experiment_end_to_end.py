@@ -95,6 +95,12 @@ def test_tiny_experiment_killed_then_resumed_end_to_end(tmp_path, tiny_model_dir
     assert runs["s/rand/seed0"]["wall_seconds"]["train"] > 0 and runs["s/rand/seed0"]["selection"] is True
     assert set(runs["s/rand/seed0"]["vs_sft"]) == set(data["suites"]) - {"gold_loss"}
     assert runs["initial"]["fingerprint"] == data["starting_model"]["fingerprint"]
+    # What the random selection dropped, split by provenance, as the run's own record says (SFT selects nothing).
+    record = json.loads((Path(runs["s/rand/seed0"]["model"]).parent / "sample_selection.json").read_text())
+    provenance = runs["s/rand/seed0"]["provenance"]
+    assert provenance["level"] == "sample" and runs["s/sft/seed0"]["provenance"] is None
+    assert provenance["harmful_samples_dropped"] == [record["dropped_harmful"], record["harmful"]]
+    assert sum(provenance["harmful_samples_dropped"][:1] + provenance["benign_samples_touched"][:1]) == 2  # 20% of 10
     # The two advbench poison rows are not evaluation prompts.
     heldout = tmp_path / "runs" / "tiny" / "suites" / "advbench_heldout.jsonl"
     evaluated = [json.loads(line)["id"] for line in heldout.read_text().splitlines()][:4]

@@ -44,6 +44,7 @@ import numpy as np
 from tokensafe.atomic import write_bytes, write_text
 from tokensafe.display import MARKER_CSS, html_text, visible
 from tokensafe.eval.metrics import wilson_interval
+from tokensafe.experiment.provenance import provenance_html, provenance_markdown
 from tokensafe.experiment.stats import format_p
 from tokensafe.experiment.verdict import CRITERIA, judge_table, summary_sentence, verdict_cells
 
@@ -560,6 +561,7 @@ def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
             lines += [f"- {md_text(label)} ({md_text(text)})" for label, text in per_seed]
             lines.append("")
         lines += verdict_markdown(table)
+    lines += provenance_markdown(results, md_text)
     lines += ["![ASR vs utility](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -820,6 +822,10 @@ table.verdict th, table.verdict td { border: 1px solid #e5e7eb; padding: 0.3em 0
 table.verdict th { background: #f3f4f6; }
 table.verdict tr.win td { background: #ecfdf5; font-weight: 600; }
 table.verdict tr.oracle td { color: #555; background: #fafafa; }
+table.provenance { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
+table.provenance th, table.provenance td { border: 1px solid #e5e7eb; padding: 0.3em 0.6em; text-align: right; }
+table.provenance th { background: #f3f4f6; }
+table.provenance td:nth-child(-n+4) { text-align: left; }
 .seeds { font-size: 0.82em; color: #444; } .seeds li { margin: 0.1em 0; }
 img.plot { max-width: 100%; border: 1px solid #e5e7eb; }
 table.tokens { border-collapse: collapse; font-size: 0.86em; }
@@ -986,6 +992,7 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) ->
         "data-selection methods. The dashed step line is the Pareto front of the fine-tuned rows.</p>",
         f"<img class='plot' alt='ASR against utility per setting' src='data:image/png;base64,{data}'>",
     ]
+    parts.append(provenance_html(results))
     artifacts = results.get("artifacts") or {}
     parts += ["<h2>PACT safety tokens</h2>", pact_tokens_html(artifacts.get("pact_safety_tokens"))]
     parts += ["<h2>TOSS token-risk view</h2>", toss_view_html(artifacts.get("toss_token_view"))]

@@ -282,6 +282,7 @@ def build_row(plan: RunPlan, outcome: dict[str, Any], prompt_ids: dict[str, list
         "metrics": metrics,
         "flags": flags,
         "artifacts": sorted(outcome.get("artifacts", {})),
+        "provenance": outcome.get("provenance"),
         "digest": plan.digest,
         "spec": plan.spec,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),

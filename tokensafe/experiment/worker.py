@@ -9,7 +9,8 @@ crash or a memory leak of one run cannot take the experiment down. Every stage r
 - evaluation reuses cached generations (eval's own cache, keyed by the model's content);
 - the gold-answer loss is cached in ``<run_dir>/gold_loss.json`` by (model fingerprint, settings).
 
-The outcome (model, fingerprint, where the eval results are, wall times, artifacts) goes to
+The outcome (model, fingerprint, where the eval results are, wall times, artifacts, what a selection dropped
+against the provenance: :mod:`tokensafe.experiment.provenance`) goes to
 ``<run_dir>/outcome.json``; the runner turns it into the run's row.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 from tokensafe.atomic import write_json
 from tokensafe.digests import digest
 from tokensafe.experiment.plan import RunPlan, settings_conflicts
+from tokensafe.experiment.provenance import run_provenance
 
 OUTCOME_FILE = "outcome.json"
 TRAIN_MARKER = "experiment_key.json"
@@ -251,6 +253,11 @@ def execute(plan: RunPlan) -> dict[str, Any]:
             continue
         if value is not None:
             artifacts[name] = value
+    try:
+        provenance = run_provenance(plan)
+    except Exception as exc:  # noqa: BLE001 - an analysis must not fail a finished run
+        print(f"[experiment] {plan.id}: could not compare the selection with the provenance: {exc}", flush=True)
+        provenance = None
     outcome = {
         "id": plan.id,
         "digest": plan.digest,
@@ -262,6 +269,7 @@ def execute(plan: RunPlan) -> dict[str, Any]:
         "wall_seconds": wall,
         "elapsed": round(time.time() - start, 1),
         "artifacts": artifacts,
+        "provenance": provenance,
     }
     write_json(run_dir / OUTCOME_FILE, outcome)
     return outcome
