@@ -134,6 +134,16 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(make_co
     assert again.calls == [] and "nothing to run" in capsys.readouterr().out
 
 
+def test_a_changed_start_names_both_fingerprints():
+    from tokensafe.experiment.runner import describe_spec_changes
+
+    old = {"format": 1, "start": "19c24a11ef7a0d73", "train": {"seed": 0}}
+    text = describe_spec_changes(old, {**old, "start": "633576544ff738a5", "train": {"seed": 1}})
+    assert text.startswith("start, train.seed; starting model fingerprint 19c24a11ef7a0d73 -> 633576544ff738a5")
+    assert describe_spec_changes(old, {**old, "train": {"seed": 1}}) == "train.seed"
+    assert describe_spec_changes(None, old) == "spec"
+
+
 def test_a_changed_row_is_redone_and_said_so(make_config, capsys):
     run_experiment(make_config(), executor=FakeWorker())
     capsys.readouterr()

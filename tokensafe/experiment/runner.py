@@ -430,6 +430,19 @@ def _spec_changes(old: dict[str, Any] | None, new: dict[str, Any], prefix: str =
     return out
 
 
+def describe_spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What made a recorded row stale, for the log: the changed paths, and the two fingerprints when the starting
+    model changed (the same align recipe rebuilt on another machine gives a different model, so every row goes)."""
+    changed = _spec_changes(old, new)
+    text = ", ".join(changed[:6]) or "run format"
+    if "start" in changed and isinstance(old, dict):
+        text += (
+            f"; starting model fingerprint {old.get('start')} -> {new.get('start')}: a different model, e.g. the same"
+            " align config rebuilt on another machine, whose floating-point results are not bit-identical"
+        )
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------------------------
@@ -574,10 +587,10 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
                 exp.board.set(run.id, "done", seconds=_run_seconds(row))
                 continue
             if row is not None and not redo:
-                changed = _spec_changes(row.get("spec"), run.spec)
                 print(
                     f"[experiment] {run.id}: its settings changed since its row was recorded "
-                    f"({', '.join(changed[:6]) or 'run format'}); the old row is not reused, the run is redone",
+                    f"({describe_spec_changes(row.get('spec'), run.spec)}); the old row is not reused, the run is "
+                    "redone",
                     flush=True,
                 )
             run.redo = redo
