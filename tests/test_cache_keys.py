@@ -84,6 +84,13 @@ def test_model_key_is_content_not_location(tiny_model_dir, tmp_path):
     assert model_fingerprint(copy) == model_fingerprint(tiny_model_dir)
     (copy / "README.md").write_text("a model card changes nothing the model computes")
     assert model_fingerprint(copy) == model_fingerprint(tiny_model_dir)
+    # `tokensafe align`'s records differ between two runs that save the same weights (wall times, name, path).
+    (copy / "tokensafe_align.json").write_text('{"name": "b", "seconds_total": 1298.2}')
+    (copy / "align_config.yaml").write_text("name: b\nthreads: 1\n")
+    assert model_fingerprint(copy) == model_fingerprint(tiny_model_dir)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 2 * config["rms_norm_eps"]}))
+    assert model_fingerprint(copy) != model_fingerprint(tiny_model_dir)  # what the model computes is still keyed
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -172,9 +172,17 @@ def tokenizer_key(tokenizer: Any, length: int = DEFAULT_LENGTH) -> str:
 
 
 # Files of a model directory that do not change what the model computes or how it is prompted: model cards,
-# provenance notes, pickled training arguments. Everything else (config, weights, tokenizer files, chat template,
-# generation config) is part of the key.
-_MODEL_FILES_IGNORED = {"README.md", "training_args.bin", "tokensafe_source.json"}
+# provenance notes, pickled training arguments, and `tokensafe align`'s records (its summary holds wall times and the
+# output path, its saved config the name: with them in the key, re-running the same alignment to the same weights gave
+# a new fingerprint and made every run keyed on the start stale). Everything else (config, weights, tokenizer files,
+# chat template, generation config) is part of the key.
+_MODEL_FILES_IGNORED = {
+    "README.md",
+    "training_args.bin",
+    "tokensafe_source.json",
+    "tokensafe_align.json",
+    "align_config.yaml",
+}
 MODEL_KEY_VERSION = "2"  # 1 = config + size + first/last MiB of each weights file (missed mid-file changes)
 
 
