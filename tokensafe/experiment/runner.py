@@ -437,8 +437,8 @@ def describe_spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> st
     text = ", ".join(changed[:6]) or "run format"
     if "start" in changed and isinstance(old, dict):
         text += (
-            f"; starting model fingerprint {old.get('start')} -> {new.get('start')}: a different model, e.g. the same"
-            " align config rebuilt on another machine, whose floating-point results are not bit-identical"
+            f"; starting model fingerprint {old.get('start')} -> {new.get('start')}: different weights or files"
+            " (re-aligned, rebuilt on another machine, or keyed by a newer tokensafe)"
         )
     return text
 
