@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tokensafe.align_record import ALIGN_CONFIG_FILE, ALIGN_SUMMARY_FILE
 from tokensafe.atomic import write_json
 from tokensafe.config import check_data_dir, check_model_spec, check_source, option, require, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
@@ -396,8 +397,8 @@ def publish_aligned_model(cfg: AlignConfig, model: Any, tokenizer: Any, summary:
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     summary = {"name": cfg.name, "path": str(target), **summary}
-    write_json(tmp / "tokensafe_align.json", summary)
-    save_config(cfg, tmp / "align_config.yaml")
+    write_json(tmp / ALIGN_SUMMARY_FILE, summary)
+    save_config(cfg, tmp / ALIGN_CONFIG_FILE)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tokensafe.align_record import ALIGN_CONFIG_FILE
 from tokensafe.config import Checked, check_dir, check_model_spec, config_to_dict, option
 from tokensafe.models import DEFAULT_MODEL
 
@@ -264,7 +265,7 @@ def reusable_aligned_model(cfg: DemoConfig, wanted: Any) -> Path | None:
         return None
     if cfg.real and cfg.align_name is None:
         return target
-    saved_file = target / "align_config.yaml"
+    saved_file = target / ALIGN_CONFIG_FILE
     if not saved_file.is_file():
         return None
     saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}

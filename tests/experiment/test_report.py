@@ -302,3 +302,14 @@ def test_the_plot_legend_lists_only_the_kinds_of_rows_present():
     assert legend_kinds([table(("initial", False))]) == ["initial"]  # nothing fine-tuned: no front either
     with_oracle = table(("initial", False), ("baseline", False), ("oracle", True))
     assert legend_kinds([demo, with_oracle]) == ["initial", "baseline", "oracle", "defence", "selection", "front"]
+
+
+def test_header_says_how_the_start_was_aligned():
+    from tokensafe.experiment.report import header_facts
+
+    start = {"spec": "aligned_deep", "fingerprint": "12039cef1474208a"}
+    record = {"name": "aligned_deep", "samples": 876, "data_fingerprint": "5be8", "base_fingerprint": "7e9b"}
+    facts = dict(header_facts({"starting_model": {**start, "aligned_by": record}}))
+    assert facts["starting model"] == "aligned_deep (fingerprint 12039cef1474208a)"
+    assert "876 samples, data fingerprint 5be8, base 7e9b" in facts["starting model made by"]
+    assert "starting model made by" not in dict(header_facts({"starting_model": {**start, "aligned_by": None}}))

@@ -413,6 +413,16 @@ def header_facts(results: dict[str, Any]) -> list[tuple[str, str]]:
     start = results.get("starting_model") or {}
     if start:
         facts.append(("starting model", f"{start.get('spec', '?')} (fingerprint {start.get('fingerprint', '?')})"))
+        aligned_by = start.get("aligned_by") or {}
+        if aligned_by:
+            facts.append(
+                (
+                    "starting model made by",
+                    f"tokensafe align (name {aligned_by.get('name')}, {aligned_by.get('samples')} samples, data "
+                    f"fingerprint {aligned_by.get('data_fingerprint')}, base {aligned_by.get('base_fingerprint')}; "
+                    "every setting in results.json)",
+                )
+            )
     dates = [f"{key} {results[key]}" for key in ("created", "updated") if results.get(key)]
     if dates:
         facts.append(("date", ", ".join(dates)))

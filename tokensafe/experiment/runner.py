@@ -393,7 +393,11 @@ def build_results(
         "created": created or now,
         "updated": now,
         "config": config_to_dict(cfg),
-        "starting_model": {"spec": cfg.model, "fingerprint": plan.start_fingerprint},
+        "starting_model": {
+            "spec": cfg.model,
+            "fingerprint": plan.start_fingerprint,
+            "aligned_by": _start_align_record(cfg),
+        },
         "machine": _machine(),
         "primary_suite": cfg.primary_suite,
         "heldout": None
@@ -410,6 +414,16 @@ def build_results(
             "failed": counts["failed"],
         },
     }
+
+
+def _start_align_record(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """How `tokensafe align` made the starting model (None for a model it did not make): lets a later session
+    rebuild the same start and compare fingerprints."""
+    from tokensafe.align_record import read_align_record
+    from tokensafe.models import resolve_model_path
+
+    path = resolve_model_path(str(cfg.model), cfg.cache_dir)
+    return read_align_record(path) if isinstance(path, Path) else None
 
 
 def _run_seconds(row: dict[str, Any]) -> float | None:
