@@ -169,7 +169,7 @@ def judge_table(table: Table) -> list[Judgement]:
 
 def summary_sentence(judgements: list[Judgement], primary_label: str) -> str:
     """One plain sentence: the winners with their cut, or that none beats SFT (and why, in short)."""
-    if not judgements:
+    if not any(j.role != "oracle" for j in judgements):  # the oracle is a reference, not a defence
         return "No defence row is finished yet."
     winners = [j for j in judgements if j.wins]
     if winners:
