@@ -30,9 +30,12 @@ DEFAULT = [True, False, None, False]
 class FakeWorker:
     """Stands in for the worker process; records the runs it was asked for."""
 
-    def __init__(self, *, fail: tuple[str, ...] = (), interrupt_at: int | None = None) -> None:
+    def __init__(
+        self, *, fail: tuple[str, ...] = (), interrupt_at: int | None = None, artifacts: dict | None = None
+    ) -> None:
         self.calls: list[str] = []
         self.fail, self.interrupt_at = fail, interrupt_at
+        self.artifacts = artifacts or {}  # run id -> the artifacts its outcome carries
 
     def __call__(self, plan):
         self.calls.append(plan.id)
@@ -64,7 +67,7 @@ class FakeWorker:
             "gold": gold,
             "wall_seconds": wall,
             "elapsed": 15.0,
-            "artifacts": {},
+            "artifacts": self.artifacts.get(plan.id, {}),
         }
 
 
@@ -134,6 +137,17 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(make_co
     assert again.calls == [] and "nothing to run" in capsys.readouterr().out
 
 
+def test_an_artifact_of_a_stale_row_is_not_shown(make_config, tmp_path):
+    tokens = [{"token": " sorry", "id": 22657, "weight": 1.0}]
+    run_experiment(make_config(), executor=FakeWorker(artifacts={"s/rand/seed0": {"pact_safety_tokens": tokens}}))
+    results_file = tmp_path / "results" / "exp" / "results.json"
+    assert json.loads(results_file.read_text())["artifacts"]["pact_safety_tokens"] == tokens
+    # The row that made it goes stale (its settings change) and is not rerun yet: its artifact goes with it.
+    rows = [*ROWS[:2], {**ROWS[2], "options": {"sample_rho": 0.3}}]
+    run_experiment(make_config(rows=rows, only=["initial"]), executor=FakeWorker())
+    assert json.loads(results_file.read_text())["artifacts"]["pact_safety_tokens"] is None
+
+
 def test_a_changed_start_names_both_fingerprints():
     from tokensafe.experiment.runner import describe_spec_changes
 
@@ -198,9 +212,9 @@ def test_results_json_follows_the_schema(make_config, tmp_path):
         "status",
     } <= set(results)
     assert results["experiment"] == "exp" and results["format"] == 1 and results["config"]["name"] == "exp"
-    assert set(results["starting_model"]) == {"spec", "fingerprint"} and {"cpus", "torch", "platform"} <= set(
-        results["machine"]
-    )
+    assert results["starting_model"]["aligned_by"] is None  # the tiny test model was not made by `tokensafe align`
+    assert set(results["starting_model"]) == {"spec", "fingerprint", "aligned_by"}
+    assert {"cpus", "torch", "platform"} <= set(results["machine"])
     assert list(results["suites"]) == ["jbb_harmful", "xstest_safe", "gsm8k", "gold_loss"]
     assert results["suites"]["jbb_harmful"] == {
         "kind": "safety",

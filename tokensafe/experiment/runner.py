@@ -405,8 +405,13 @@ def build_results(
         else {"suite": ADVBENCH_HELDOUT, "available": plan.heldout.kept, "removed": plan.heldout.removed},
         "suites": _suite_info(plan, runs),
         "runs": runs,
+        # Only from a run whose row is current: a stale row's artifact (say, the safety tokens found on an older
+        # starting model) must not illustrate the table of the new one.
         "artifacts": {
-            name: (artifacts.get(name) or {}).get("data") for name in ("pact_safety_tokens", "toss_token_view")
+            name: (artifacts.get(name) or {}).get("data")
+            if (artifacts.get(name) or {}).get("run") in current
+            else None
+            for name in ("pact_safety_tokens", "toss_token_view")
         },
         "status": {
             "done": len(runs),
