@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tokensafe.align_record import ALIGN_CONFIG_FILE, ALIGN_SUMMARY_FILE
+
 DEFAULT_LENGTH = 16
 _BLOCK = 4 << 20
 _MEMO_FILE = "file_digests.jsonl"
@@ -180,8 +182,8 @@ _MODEL_FILES_IGNORED = {
     "README.md",
     "training_args.bin",
     "tokensafe_source.json",
-    "tokensafe_align.json",
-    "align_config.yaml",
+    ALIGN_SUMMARY_FILE,
+    ALIGN_CONFIG_FILE,
 }
 MODEL_KEY_VERSION = "2"  # 1 = config + size + first/last MiB of each weights file (missed mid-file changes)
 

@@ -96,20 +96,28 @@ def summarise_sample_record(record: dict[str, Any], scores_report: dict[str, Any
     }
 
 
-def _scores_report(plan: RunPlan, *, with_selection: bool) -> dict[str, Any]:
-    """:func:`provenance_report` of the run's scores (and, ``with_selection``, of the tokens its selection drops)."""
-    import numpy as np
-
-    from tokensafe.toss.analysis import provenance_report
+def load_scored_selection(plan: RunPlan, *, with_selection: bool = True) -> tuple[Any, Any, Any, Any]:
+    """(tokenised fine-tuning set, its TOSS scores, the run's selection or None, tokenizer) of a scored run, checked
+    against the set's fingerprint (also the report's token-risk view reads them this way)."""
     from tokensafe.toss.commands import TossConfig, finetune_set
     from tokensafe.toss.select import select_with_args
     from tokensafe.toss.store import TokenScores
     from tokensafe.train import TrainConfig
 
     assert plan.toss is not None and plan.train is not None
-    _, dataset, stats, _ = finetune_set(TossConfig(**plan.toss))
+    _, dataset, stats, tokenizer = finetune_set(TossConfig(**plan.toss))
     scores = TokenScores.load(plan.train["scores"], fingerprint=stats.fingerprint)
     selection = select_with_args(scores, TrainConfig(**plan.train)) if with_selection else None
+    return dataset, scores, selection, tokenizer
+
+
+def _scores_report(plan: RunPlan, *, with_selection: bool) -> dict[str, Any]:
+    """:func:`provenance_report` of the run's scores (and, ``with_selection``, of the tokens its selection drops)."""
+    import numpy as np
+
+    from tokensafe.toss.analysis import provenance_report
+
+    dataset, scores, selection, _ = load_scored_selection(plan, with_selection=with_selection)
     return provenance_report(np.asarray(dataset["is_harmful"], dtype=bool), scores, selection)
 
 

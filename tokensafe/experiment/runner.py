@@ -53,7 +53,7 @@ from tokensafe.experiment.matrix import matches
 from tokensafe.experiment.plan import ExperimentPlan, RunPlan, plan_experiment
 from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_test, reduction_share
 from tokensafe.experiment.status import Board, duration
-from tokensafe.experiment.worker import OUTCOME_FILE, execute
+from tokensafe.experiment.worker import ARTIFACT_KINDS, OUTCOME_FILE, execute
 from tokensafe.faults import maybe_kill
 
 RESULTS_FORMAT = 1
@@ -407,18 +407,18 @@ def build_results(
         "runs": runs,
         # Only from a run whose row is current: a stale row's artifact (say, the safety tokens found on an older
         # starting model) must not illustrate the table of the new one.
-        "artifacts": {
-            name: (artifacts.get(name) or {}).get("data")
-            if (artifacts.get(name) or {}).get("run") in current
-            else None
-            for name in ("pact_safety_tokens", "toss_token_view")
-        },
+        "artifacts": {name: _current_artifact(artifacts.get(name), current) for name in ARTIFACT_KINDS},
         "status": {
             "done": len(runs),
             "pending": counts["pending"] + counts["running"] + counts["waiting"],
             "failed": counts["failed"],
         },
     }
+
+
+def _current_artifact(held: dict[str, Any] | None, current: dict[str, Any]) -> Any:
+    """The kept artifact's data when the run that made it has a current row, else None."""
+    return held["data"] if held and held.get("run") in current else None
 
 
 def _start_align_record(cfg: ExperimentConfig) -> dict[str, Any] | None:

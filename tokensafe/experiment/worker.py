@@ -29,11 +29,12 @@ from typing import Any
 from tokensafe.atomic import write_json
 from tokensafe.digests import digest
 from tokensafe.experiment.plan import RunPlan, settings_conflicts
-from tokensafe.experiment.provenance import run_provenance
+from tokensafe.experiment.provenance import load_scored_selection, run_provenance
 
 OUTCOME_FILE = "outcome.json"
 TRAIN_MARKER = "experiment_key.json"
 GOLD_FILE = "gold_loss.json"
+ARTIFACT_KINDS = ("pact_safety_tokens", "toss_token_view")  # the illustrations a run may carry to the report
 TOSS_VIEW_SAMPLES = 2  # per class (harmful / benign) in the report's token-risk view
 TOSS_VIEW_TOKENS = 80  # answer tokens shown per sample
 
@@ -194,15 +195,9 @@ def toss_view_artifact(plan: RunPlan) -> list[dict[str, Any]] | None:
         return None
     import numpy as np
 
-    from tokensafe.toss.commands import TossConfig, finetune_set
-    from tokensafe.toss.select import select_with_args
-    from tokensafe.toss.store import TokenScores
     from tokensafe.toss.view import build_views
-    from tokensafe.train import TrainConfig
 
-    _, dataset, stats, tokenizer = finetune_set(TossConfig(**plan.toss))
-    scores = TokenScores.load(plan.train["scores"], fingerprint=stats.fingerprint)
-    selection = select_with_args(scores, TrainConfig(**plan.train))
+    dataset, scores, selection, tokenizer = load_scored_selection(plan)
     harmful = np.asarray(dataset["is_harmful"], dtype=bool)
     means = np.zeros(scores.n_samples)
     for i in range(scores.n_samples):
@@ -245,7 +240,7 @@ def execute(plan: RunPlan) -> dict[str, Any]:
     gold = gold_stage(plan, results["fingerprint"])
     wall["gold_loss"] = round(time.time() - t0, 1)
     artifacts: dict[str, Any] = {}
-    for name, build in (("pact_safety_tokens", pact_tokens_artifact), ("toss_token_view", toss_view_artifact)):
+    for name, build in zip(ARTIFACT_KINDS, (pact_tokens_artifact, toss_view_artifact), strict=True):
         try:
             value = build(plan)
         except Exception as exc:  # noqa: BLE001 - an illustration must not fail a finished run
