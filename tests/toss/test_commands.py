@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,70 @@ def test_safety_demonstrations_join_the_utility_corpus_only(tiny_values):
     assert [r.source for r in corpora["U"][-3:]] == ["safeinstr"] * 3
     assert all(r.response for r in corpora["U"][-3:])
     assert [r.id for r in corpora["D"]] == [r.id for r in plain["D"]]
+
+
+def test_a_reference_trained_once_is_copied_to_another_toss_dir(tiny_values, tmp_path, monkeypatch):
+    """Two mixtures that differ only in their harmful share have different TOSS directories but the same reference
+    corpora: the second gets byte-identical adapters from the store, without training; a changed reference setting
+    or a tampered store entry trains again."""
+    import tokensafe.toss.refs as refs_module
+
+    values = tiny_values | {"harmful_ref_n": 4, "utility_ref_n": 4}
+    first = load_config(TossConfig, None, {k: str(v) for k, v in values.items()})
+    trained = run_train_refs(first)
+    assert {name: info["steps"] for name, info in trained.items()} == {"D": 1, "U": 1}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a reference with a stored twin was trained again")
+
+    second_values = values | {"harmful_share": 0.5, "toss_dir": tmp_path / "toss-p50"}
+    second = load_config(TossConfig, None, {k: str(v) for k, v in second_values.items()})
+    with monkeypatch.context() as patch:
+        patch.setattr(refs_module, "fit_adapter", no_training)
+        copied = run_train_refs(second)
+    for name in ("D", "U"):
+        assert copied[name] == trained[name]
+        for item in (tmp_path / "toss" / "refs" / name).iterdir():
+            if item.is_file():
+                assert (tmp_path / "toss-p50" / "refs" / name / item.name).read_bytes() == item.read_bytes(), item
+
+    # Another learning rate is another adapter: both are trained.
+    third_values = second_values | {"ref_learning_rate": 5e-3, "toss_dir": tmp_path / "toss-lr"}
+    third = load_config(TossConfig, None, {k: str(v) for k, v in third_values.items()})
+    retrained = run_train_refs(third)
+    assert {name: retrained[name]["fingerprint"] != trained[name]["fingerprint"] for name in ("D", "U")} == {
+        "D": True,
+        "U": True,
+    }
+
+    # A store entry whose files no longer match its record is not trusted.
+    store = Path(first.cache_dir) / refs_module.STORE_DIR
+    for entry in store.iterdir():
+        weights = entry / "adapter" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    calls = []
+    original = refs_module.fit_adapter
+    monkeypatch.setattr(refs_module, "fit_adapter", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run_train_refs(
+        load_config(TossConfig, None, {k: str(v) for k, v in (values | {"toss_dir": tmp_path / "t4"}).items()})
+    )
+    assert len(calls) == 2
+
+
+def test_references_trained_before_the_store_existed_join_it(tiny_values, tmp_path, monkeypatch):
+    import shutil
+
+    import tokensafe.toss.refs as refs_module
+
+    values = tiny_values | {"harmful_ref_n": 4, "utility_ref_n": 4}
+    cfg = load_config(TossConfig, None, {k: str(v) for k, v in values.items()})
+    trained = run_train_refs(cfg)
+    store = Path(cfg.cache_dir) / refs_module.STORE_DIR
+    shutil.rmtree(store)  # as if the adapters had been trained by a tokensafe without the store
+    assert run_train_refs(cfg) == trained  # up to date, and now published
+    assert sorted(json.loads((e / refs_module.STORE_RECORD).read_text())["fingerprint"] for e in store.iterdir()) == (
+        sorted(info["fingerprint"] for info in trained.values())
+    )
+    monkeypatch.setattr(refs_module, "fit_adapter", lambda *a, **k: pytest.fail("trained a stored reference again"))
+    other = load_config(TossConfig, None, {k: str(v) for k, v in (values | {"toss_dir": tmp_path / "other"}).items()})
+    assert run_train_refs(other) == trained

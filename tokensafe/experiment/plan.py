@@ -15,7 +15,10 @@ Digests decide what is reused:
   retrained, not reused.
 - **TOSS key** (``<runs_dir>/toss/<key>/``, the ``toss_dir``): mixture, starting model, max_length, seed and the
   reference / scoring fields. Selection fields and TOSS-Pro settings are not part of it, so raw-score TOSS, smoothed
-  TOSS, TOSS-Pro, sample-level-by-score and TOSS + PACT of one setting and seed share references and scores.
+  TOSS, TOSS-Pro, sample-level-by-score and TOSS + PACT of one setting and seed share references and scores. The
+  reference adapters themselves are also kept by content (:mod:`tokensafe.toss.refs`' store: base model, seed,
+  settings, tokenised corpus), so settings whose reference corpora are the same (the shares of a poison sweep, a
+  clean and a poisoned mixture of the same task rows) train them once and only score separately.
 - **run digest**: train key (or the starting model for Initial) + evaluation settings (suites and sizes, the
   held-out file's content, judge and generation settings) + gold-loss settings. A row in ``runs.jsonl`` with the
   same digest is a finished run; a different digest means the run's settings changed and it is redone.

@@ -8,12 +8,19 @@ overlapping reference records.
 
 The adapters are saved as ordinary PEFT adapter directories (``<toss_dir>/refs/D`` and ``/U``) together with
 ``refs.json``, which records the corpora, the base model's fingerprint and the training losses.
+
+Training a reference is most of the cost of TOSS, yet the references rarely depend on the fine-tuning set: the
+settings of a poison-share sweep, or a clean and a poisoned mixture of the same task rows, have different TOSS
+directories but the same D and U corpora. So every trained adapter is also kept in a content-addressed store,
+``<cache>/toss_refs/<key>/`` (key: base model fingerprint, seed, the adapter's settings and its tokenised corpus
+fingerprint), and a reference with the same key is copied from there instead of being trained again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,12 +30,17 @@ from typing import Any
 from tokensafe.atomic import write_json
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
+from tokensafe.digests import digest
 from tokensafe.errors import UsageError
 from tokensafe.faults import maybe_kill
 from tokensafe.models import LoraArgs, apply_lora, load_model, model_fingerprint
+from tokensafe.paths import cache_dir as resolve_cache_dir
 from tokensafe.toss.config import ReferenceArgs
 
 ADAPTERS = ("U", "D")
+STORE_DIR = "toss_refs"  # under the cache root: trained reference adapters, shared by every toss_dir
+STORE_FORMAT = "1"
+STORE_RECORD = "reference.json"
 MIN_RESPONSE_CHARS = 40  # shorter identical responses ("positive", "Yes.") are not evidence of shared samples
 
 
@@ -179,6 +191,86 @@ def fit_adapter(
     return summary
 
 
+def reference_store_path(
+    base_fingerprint: str,
+    seed: int,
+    settings: dict[str, Any],
+    data_fingerprint: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Where the store keeps one trained reference adapter, keyed by its content: the base model, the seed that draws
+    its LoRA init and data order, its own training settings and its tokenised corpus (records, tokenizer, length)."""
+    key = digest("toss-reference", STORE_FORMAT, base_fingerprint, seed, settings, data_fingerprint)
+    return resolve_cache_dir(cache_dir) / STORE_DIR / key
+
+
+def _copy_adapter_files(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of the files of ``source`` (sub-directories such as trainer state are left)."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+
+
+def fetch_stored_reference(
+    store: Path, target: Path, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
+    """Copy the adapter kept at ``store`` to ``target`` and return its training summary; None when the store holds
+    no intact adapter (missing, torn, or its files no longer match the recorded fingerprint)."""
+    record_file = store / STORE_RECORD
+    if not record_file.is_file() or not (store / "adapter" / "adapter_config.json").is_file():
+        return None
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    if record.get("fingerprint") != model_fingerprint(store / "adapter", cache_dir):
+        return None
+    _copy_adapter_files(store / "adapter", target)
+    return record
+
+
+def publish_reference(source: Path, store: Path, summary: dict[str, Any]) -> None:
+    """Keep a copy of the trained adapter at ``source`` in the store. Written beside it and renamed into place, so
+    the store never holds a half-written adapter; if another process published the same key first, its copy stays."""
+    staging = store.with_name(f"{store.name}.partial-{os.getpid()}")
+    _copy_adapter_files(source, staging / "adapter")
+    write_json(staging / STORE_RECORD, summary)
+    shutil.rmtree(store, ignore_errors=True)  # a store entry that failed its fingerprint check
+    try:
+        os.replace(staging, store)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def obtain_reference(
+    model_spec: str,
+    dataset: Any,
+    stats: Any,
+    args: ReferenceArgs,
+    target: Path,
+    *,
+    name: str,
+    settings: dict[str, Any],
+    seed: int,
+    base_fingerprint: str,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Reference adapter ``name`` at ``target``, with its training summary: copied from the store when the same
+    corpus (``stats.fingerprint``), base model, seed and settings were trained before, else trained and stored."""
+    store = reference_store_path(base_fingerprint, seed, settings, stats.fingerprint, cache_dir)
+    summary = fetch_stored_reference(store, target, cache_dir)
+    if summary is not None:
+        print(f"[toss] reference {name}: trained before on the same corpus and settings, copied from {store}")
+        return summary
+    print(f"[toss] training reference {name} on {stats.samples} samples ({stats.response_tokens} response tokens)")
+    epochs = args.ref_u_epochs if name == "U" else None
+    summary = fit_adapter(model_spec, dataset, args, target, seed=seed, cache_dir=cache_dir, epochs=epochs)
+    summary.update(
+        settings=settings, data_fingerprint=stats.fingerprint, fingerprint=model_fingerprint(target, cache_dir)
+    )
+    publish_reference(target, store, summary)
+    return summary
+
+
 def train_references(
     model_spec: str,
     corpora: dict[str, list[Record]],
@@ -222,19 +314,25 @@ def train_references(
         ):
             print(f"[toss] reference {name} is up to date ({refs_dir / name})")
             info["adapters"][name] = old
+            # A reference trained before the store existed joins it, so other TOSS directories can copy it.
+            store = reference_store_path(info["base_fingerprint"], seed, own_settings, stats.fingerprint, cache_dir)
+            if not (store / STORE_RECORD).is_file():
+                publish_reference(refs_dir / name, store, {k: v for k, v in old.items() if k != "source"})
             continue
-        print(f"[toss] training reference {name} on {stats.samples} samples ({stats.response_tokens} response tokens)")
         info["adapters"].pop(name, None)  # its files are about to be overwritten
-        epochs = args.ref_u_epochs if name == "U" else None
-        summary = fit_adapter(
-            model_spec, dataset, args, refs_dir / name, seed=seed, cache_dir=cache_dir, epochs=epochs
-        )
-        summary.update(
+        summary = obtain_reference(
+            model_spec,
+            dataset,
+            stats,
+            args,
+            refs_dir / name,
+            name=name,
             settings=own_settings,
-            source=args.harmful_ref if name == "D" else args.utility_ref,
-            data_fingerprint=stats.fingerprint,
-            fingerprint=model_fingerprint(refs_dir / name, cache_dir),
+            seed=seed,
+            base_fingerprint=info["base_fingerprint"],
+            cache_dir=cache_dir,
         )
+        summary["source"] = args.harmful_ref if name == "D" else args.utility_ref
         info["adapters"][name] = summary
         write_json(refs_dir / "refs.json", info)  # recorded as soon as it is finished
         maybe_kill("toss.ref_adapter")
