@@ -91,3 +91,33 @@ def test_gold_loss_of_a_lora_adapter_directory(tmp_path, tiny_model_dir, tokeniz
 def test_unknown_task_needs_a_split():
     with pytest.raises(ValueError, match="no held-out split"):
         heldout_records("alpaca", 3)
+
+
+def test_the_experiment_gold_stage_measures_a_model_once_across_experiments(tmp_path, monkeypatch):
+    """Two runs (two experiments' run directories) of one model share the cached loss; another model, or other
+    settings, is measured again."""
+    from types import SimpleNamespace
+
+    import tokensafe.eval.gold_loss as gold_module
+    from tokensafe.experiment.worker import gold_stage
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_loss(model, task, n, **kwargs):
+        calls.append((model, n))
+        return gold_module.GoldLoss(value=1.0 + len(calls), n=n, n_tokens=10 * n)
+
+    monkeypatch.setattr(gold_module, "evaluate_gold_loss", fake_loss)
+    spec = {"metric": "gold_loss", "task": "gsm8k", "n": 4, "split": "test", "max_length": 256, "batch_size": 8}
+
+    def plan(run_dir: str, n: int = 4) -> SimpleNamespace:
+        return SimpleNamespace(
+            model="m", run_dir=str(tmp_path / run_dir), gold=[{**spec, "n": n}], eval={"cache_dir": str(tmp_path)}
+        )
+
+    first = gold_stage(plan("exp-a/run"), "fp1")
+    assert gold_stage(plan("exp-b/run"), "fp1") == first and len(calls) == 1
+    assert first["gold_loss"]["value"] == 2.0 and first["gold_loss"]["n_tokens"] == 40
+    assert gold_stage(plan("exp-b/run"), "fp2")["gold_loss"]["value"] == 3.0  # another model
+    assert gold_stage(plan("exp-b/run", n=5), "fp1")["gold_loss"]["value"] == 4.0  # other settings
+    assert len(calls) == 3

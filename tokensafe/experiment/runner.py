@@ -17,7 +17,7 @@ Files (``<name>`` = the experiment name)::
     results/<name>/results.json     every number, per the results schema (the report reads only this file)
     results/<name>/status.md        the live view of the matrix
     results/<name>/prompt_ids.json  the prompt id lists the per-prompt flags refer to
-    <runs_dir>/<name>/runs/<id>/    plan.json, log.txt, outcome.json, gold_loss.json of each run
+    <runs_dir>/<name>/runs/<id>/    plan.json, log.txt, outcome.json of each run
     <runs_dir>/models/<key>/        trained models (shared by every run and experiment with the same train key)
     <runs_dir>/toss/<key>/          TOSS references, scores, TOSS-Pro rounds (shared the same way)
     <runs_dir>/eval/                evaluation results and the generations cache

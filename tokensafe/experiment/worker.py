@@ -7,7 +7,8 @@ crash or a memory leak of one run cannot take the experiment down. Every stage r
 - training is skipped when ``<models>/<key>/final`` exists (``experiment_key.json`` names the key it was trained
   for), and a killed training resumes from its newest complete checkpoint (``--resume last``);
 - evaluation reuses cached generations (eval's own cache, keyed by the model's content);
-- the gold-answer loss is cached in ``<run_dir>/gold_loss.json`` by (model fingerprint, settings).
+- the gold-answer loss is cached in ``<cache>/gold_loss/<key>.json`` by (model fingerprint, settings), so a model
+  shared by two experiments (the oracle of a poisoned setting is the SFT of the clean one) is measured once.
 
 The outcome (model, fingerprint, where the eval results are, wall times, artifacts, what a selection dropped
 against the provenance: :mod:`tokensafe.experiment.provenance`) goes to
@@ -30,10 +31,11 @@ from tokensafe.atomic import write_json
 from tokensafe.digests import digest
 from tokensafe.experiment.plan import RunPlan, settings_conflicts
 from tokensafe.experiment.provenance import load_scored_selection, run_provenance
+from tokensafe.paths import cache_dir as resolve_cache_dir
 
 OUTCOME_FILE = "outcome.json"
 TRAIN_MARKER = "experiment_key.json"
-GOLD_FILE = "gold_loss.json"
+GOLD_DIR = "gold_loss"  # under the cache root
 ARTIFACT_KINDS = ("pact_safety_tokens", "toss_token_view")  # the illustrations a run may carry to the report
 TOSS_VIEW_SAMPLES = 2  # per class (harmful / benign) in the report's token-risk view
 TOSS_VIEW_TOKENS = 80  # answer tokens shown per sample
@@ -147,13 +149,13 @@ def gold_stage(plan: RunPlan, fingerprint: str) -> dict[str, dict[str, Any]]:
     """The gold-answer loss of each of the run's tasks, cached per (model fingerprint, settings)."""
     from tokensafe.eval.gold_loss import evaluate_gold_loss
 
-    cache_file = Path(plan.run_dir) / GOLD_FILE
-    cached = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+    cache_root = resolve_cache_dir(plan.eval.get("cache_dir")) / GOLD_DIR
     out: dict[str, dict[str, Any]] = {}
     for spec in plan.gold:
         key = digest("gold-loss", fingerprint, spec)
-        if cached.get(spec["metric"], {}).get("key") == key:
-            out[spec["metric"]] = cached[spec["metric"]]
+        cache_file = cache_root / f"{key}.json"
+        if cache_file.is_file():
+            out[spec["metric"]] = json.loads(cache_file.read_text(encoding="utf-8"))
             continue
         start = time.time()
         loss = evaluate_gold_loss(
@@ -170,7 +172,7 @@ def gold_stage(plan: RunPlan, fingerprint: str) -> dict[str, dict[str, Any]]:
         print(
             f"{spec['metric']}: {loss.value:.4f} nats/token over {loss.n_tokens} tokens of {loss.n} rows", flush=True
         )
-        write_json(cache_file, {**cached, **out})
+        write_json(cache_file, out[spec["metric"]])
     return out
 
 
