@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The shipped headline experiments, one run at a time in the order that answers most first, each run's tables
+# committed as soon as it lands (the machine may be replaced between sessions; results/ survives in git, runs/ and
+# the caches do not). Resumable: a finished run is never redone, so stopping this script (Ctrl-C, kill of its
+# process group) and starting it again continues where it stopped.
+#
+#   nohup setsid scripts/headline.sh > logs/headline.log 2>&1 &     # from the repository root, after setup.sh
+#   scripts/headline.sh --list                                       # the queue, without running anything
+#
+# Needs the starting model first: tokensafe align --config configs/align/deep.yaml --data_dir ../shared/data
+# Environment: DATA_DIR (default ../shared/data), NICE (default 5), COMMIT (default 1; 0 leaves git alone).
+set -u
+cd "$(dirname "$0")/.."
+DATA_DIR=${DATA_DIR:-../shared/data}
+NICE=${NICE:-5}
+COMMIT=${COMMIT:-1}
+
+# experiment:run-pattern, in order. Seed 0 of every table first, then the second seeds.
+QUEUE=(
+  gsm8k_beavertails_p10:"*/pact/seed0" gsm8k_beavertails_p10:"*/toss_pact/seed0" gsm8k_beavertails_p10:"*/toss/seed0"
+  gsm8k_beavertails_p10:"*/sample_score/seed0" gsm8k_beavertails_p10:"*/kl/seed0" gsm8k_beavertails_p10:"*/csft/seed0"
+  gsm8k_beavertails_p10:"*/safeinstr/seed0" gsm8k_beavertails_p10:"*/safelora/seed0"
+  gsm8k_beavertails_p10:"*/asft/seed0" gsm8k_beavertails_p10:"*/sample_random/seed0"
+  gsm8k_beavertails_p10:"*/toss_pact_kept/seed0"
+  gsm8k_clean:"*" poison_sweep:"*" sst2_advbench_p10:"*"
+  gsm8k_beavertails_p10:"*/sft/seed1" gsm8k_beavertails_p10:"*/oracle/seed1" gsm8k_beavertails_p10:"*/toss/seed1"
+  gsm8k_beavertails_p10:"*/pact/seed1" gsm8k_beavertails_p10:"*/toss_pact/seed1"
+)
+
+# "name:*" stands for every run of that experiment, one at a time (in its config's order, seed 0 before seed 1).
+expand() {
+  .venv/bin/python - "$1" <<'PY'
+import sys
+import yaml
+
+cfg = yaml.safe_load(open(f"configs/experiment/{sys.argv[1]}.yaml", encoding="utf-8"))
+seeds = sorted({s for row in cfg["rows"] for s in row.get("seeds", cfg.get("seeds", [0]))})
+for seed in seeds:
+    for setting in cfg["settings"]:
+        for row in cfg["rows"]:
+            if seed in row.get("seeds", cfg.get("seeds", [0])):
+                print(f"{sys.argv[1]}:{setting['name']}/{row['name']}/seed{seed}")
+PY
+}
+EXPANDED=()
+for item in "${QUEUE[@]}"; do
+  if [[ "${item#*:}" == "*" ]]; then
+    mapfile -t runs < <(expand "${item%%:*}")
+    EXPANDED+=("${runs[@]}")
+  else
+    EXPANDED+=("${item}")
+  fi
+done
+QUEUE=("${EXPANDED[@]}")
+
+if [[ "${1:-}" == "--list" ]]; then
+  printf '%s\n' "${QUEUE[@]}"
+  exit 0
+fi
+
+for item in "${QUEUE[@]}"; do
+  name=${item%%:*}
+  pattern=${item#*:}
+  echo "=== $(date -u +%FT%TZ) ${name} ${pattern}"
+  nice -n "${NICE}" .venv/bin/tokensafe experiment --config "configs/experiment/${name}.yaml" \
+    --data_dir "${DATA_DIR}" --output_dir results --only "initial,${pattern}"
+  rc=$?
+  echo "=== $(date -u +%FT%TZ) ${name} ${pattern} rc=${rc}"
+  if [[ "${COMMIT}" == 1 ]] && [[ -n "$(git status --porcelain -- "results/${name}")" ]]; then
+    git add -- "results/${name}" && git commit -q -m "Headline ${name}: ${pattern} (scripts/headline.sh)" -- "results/${name}"
+  fi
+  if [[ ${rc} -ge 128 ]]; then  # killed by a signal: stop the queue too
+    exit "${rc}"
+  fi
+done
