@@ -11,7 +11,8 @@ from tokensafe.config import ConfigError, load_config
 from tokensafe.experiment.config import ExperimentConfig
 from tokensafe.experiment.matrix import INITIAL_ID, baseline_id, expand, matches
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiment"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 SETTING = {"name": "s", "task": "gsm8k", "n_task": 8, "harmful": "beavertails", "harmful_share": 0.2}
 
 
@@ -132,3 +133,29 @@ def test_the_cli_reports_a_bad_config_on_one_line(tmp_path, capsys):
     assert main(["experiment", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "tokensafe experiment: error: rows[0] (x): unknown method 'tos'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_shipped_experiments_share_the_trainings_their_headers_promise(tmp_path, tiny_model_dir, data_dir):
+    """gsm8k_clean's SFT is gsm8k_beavertails_p10's oracle, the oracle of every poison share is one training (the
+    p = 0 SFT), and the p = 0.1 runs of the sweep are the p10 experiment's seed-0 runs: same train keys (so one model
+    directory) and, for TOSS, the same TOSS directory. Planned on the tiny model (the keys' relations do not depend on
+    which model starts them)."""
+    from tokensafe.experiment.plan import plan_experiment
+
+    def train_keys(name: str) -> dict[str, tuple[str | None, str | None]]:
+        overrides = {"data_dir": str(data_dir), "runs_dir": str(tmp_path), "model": str(tiny_model_dir)}
+        cfg = load_config(ExperimentConfig, CONFIG_DIR / f"{name}.yaml", overrides)
+        return {
+            r.id: (r.train_key, r.toss["toss_dir"] if r.toss else None) for r in plan_experiment(cfg).runs if r.train
+        }
+
+    p10, clean, sweep = (train_keys(n) for n in ("gsm8k_beavertails_p10", "gsm8k_clean", "poison_sweep"))
+    assert clean["gsm8k_clean/sft/seed0"][0] == p10["gsm8k_beavertails_p10/oracle/seed0"][0]
+    oracles = {sweep[f"{p}/oracle/seed0"][0] for p in ("p0", "p0.05", "p0.1", "p0.2")}
+    assert oracles == {sweep["p0/sft/seed0"][0]} == {p10["gsm8k_beavertails_p10/oracle/seed0"][0]}
+    for row in ("sft", "toss", "pact"):
+        assert sweep[f"p0.1/{row}/seed0"] == p10[f"gsm8k_beavertails_p10/{row}/seed0"], row
+    # Different mixtures are different trainings and TOSS directories (their reference adapters are shared by the
+    # reference store, tests/toss/test_commands.py).
+    assert len({sweep[f"{p}/toss/seed0"][1] for p in ("p0", "p0.05", "p0.1", "p0.2")}) == 4
