@@ -4,7 +4,7 @@
 # the caches do not). Resumable: a finished run is never redone, so stopping this script (Ctrl-C, kill of its
 # process group) and starting it again continues where it stopped.
 #
-#   nohup setsid scripts/headline.sh > logs/headline.log 2>&1 &     # from the repository root, after setup.sh
+#   mkdir -p logs && nohup setsid scripts/headline.sh > logs/headline.log 2>&1 &   # repository root, after setup.sh
 #   scripts/headline.sh --list                                       # the queue, without running anything
 #
 # Needs the starting model first: tokensafe align --config configs/align/deep.yaml --data_dir ../shared/data
