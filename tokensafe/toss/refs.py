@@ -213,31 +213,43 @@ def _copy_adapter_files(source: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
-def fetch_stored_reference(
-    store: Path, target: Path, cache_dir: str | os.PathLike | None = None
-) -> dict[str, Any] | None:
-    """Copy the adapter kept at ``store`` to ``target`` and return its training summary; None when the store holds
-    no intact adapter (missing, torn, or its files no longer match the recorded fingerprint)."""
+def stored_reference(store: Path, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The training summary of the adapter kept at ``store``, or None when it is missing or its files do not match
+    the fingerprint recorded with it (torn or altered)."""
     record_file = store / STORE_RECORD
     if not record_file.is_file() or not (store / "adapter" / "adapter_config.json").is_file():
         return None
     record = json.loads(record_file.read_text(encoding="utf-8"))
-    if record.get("fingerprint") != model_fingerprint(store / "adapter", cache_dir):
+    return record if record.get("fingerprint") == model_fingerprint(store / "adapter", cache_dir) else None
+
+
+def fetch_stored_reference(
+    store: Path, target: Path, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
+    """Copy the adapter kept at ``store`` to ``target`` and return its training summary; None when the store holds
+    no intact adapter, or the copy does not match it (the caller then trains the adapter itself)."""
+    record = stored_reference(store, cache_dir)
+    if record is None:
         return None
     _copy_adapter_files(store / "adapter", target)
-    return record
+    return record if model_fingerprint(target, cache_dir) == record["fingerprint"] else None
 
 
-def publish_reference(source: Path, store: Path, summary: dict[str, Any]) -> None:
+def publish_reference(
+    source: Path, store: Path, summary: dict[str, Any], cache_dir: str | os.PathLike | None = None
+) -> None:
     """Keep a copy of the trained adapter at ``source`` in the store. Written beside it and renamed into place, so
-    the store never holds a half-written adapter; if another process published the same key first, its copy stays."""
+    the store never holds a half-written adapter; an intact entry already there (another process trained the same
+    adapter) is kept, a damaged one replaced."""
+    if stored_reference(store, cache_dir) is not None:
+        return
     staging = store.with_name(f"{store.name}.partial-{os.getpid()}")
     _copy_adapter_files(source, staging / "adapter")
     write_json(staging / STORE_RECORD, summary)
-    shutil.rmtree(store, ignore_errors=True)  # a store entry that failed its fingerprint check
+    shutil.rmtree(store, ignore_errors=True)
     try:
         os.replace(staging, store)
-    except OSError:
+    except OSError:  # published by another process between the check and the rename
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -267,7 +279,7 @@ def obtain_reference(
     summary.update(
         settings=settings, data_fingerprint=stats.fingerprint, fingerprint=model_fingerprint(target, cache_dir)
     )
-    publish_reference(target, store, summary)
+    publish_reference(target, store, summary, cache_dir)
     return summary
 
 
@@ -316,8 +328,7 @@ def train_references(
             info["adapters"][name] = old
             # A reference trained before the store existed joins it, so other TOSS directories can copy it.
             store = reference_store_path(info["base_fingerprint"], seed, own_settings, stats.fingerprint, cache_dir)
-            if not (store / STORE_RECORD).is_file():
-                publish_reference(refs_dir / name, store, {k: v for k, v in old.items() if k != "source"})
+            publish_reference(refs_dir / name, store, {k: v for k, v in old.items() if k != "source"}, cache_dir)
             continue
         info["adapters"].pop(name, None)  # its files are about to be overwritten
         summary = obtain_reference(
