@@ -159,3 +159,24 @@ def test_the_shipped_experiments_share_the_trainings_their_headers_promise(tmp_p
     # Different mixtures are different trainings and TOSS directories (their reference adapters are shared by the
     # reference store, tests/toss/test_commands.py).
     assert len({sweep[f"{p}/toss/seed0"][1] for p in ("p0", "p0.05", "p0.1", "p0.2")}) == 4
+
+
+def test_the_headline_queue_covers_every_run_of_the_shipped_headline_experiments():
+    """scripts/headline.sh --list: every run of the four headline experiments is matched by exactly one queue entry
+    (none left out, none run twice), and every entry matches a run."""
+    import fnmatch
+    import subprocess
+
+    root = CONFIG_DIR.parents[1]
+    listed = subprocess.run(
+        ["bash", str(root / "scripts" / "headline.sh"), "--list"], capture_output=True, text=True, check=True, cwd=root
+    ).stdout.split()
+    queue = [tuple(item.split(":", 1)) for item in listed]
+    names = ("gsm8k_beavertails_p10", "gsm8k_clean", "poison_sweep", "sst2_advbench_p10")
+    assert {name for name, _ in queue} == set(names)
+    for name in names:
+        ids = [c.id for c in expand(load_config(ExperimentConfig, CONFIG_DIR / f"{name}.yaml")) if not c.is_initial]
+        patterns = [pattern for queued, pattern in queue if queued == name]
+        assert all(any(fnmatch.fnmatchcase(i, p) for i in ids) for p in patterns), name
+        matched = {i: sum(fnmatch.fnmatchcase(i, p) for p in patterns) for i in ids}
+        assert set(matched.values()) == {1}, {i: n for i, n in matched.items() if n != 1}
