@@ -19,7 +19,8 @@ COMMIT=${COMMIT:-1}
 # its experiment's planning (seconds), so the queue lists every run (tests/experiment/test_experiment_config.py).
 QUEUE=(
   gsm8k_beavertails_p10:"*/sft/seed0" gsm8k_beavertails_p10:"*/oracle/seed0" gsm8k_beavertails_p10:"*/toss_raw/seed0"
-  gsm8k_beavertails_p10:"*/toss_pro/seed0" gsm8k_beavertails_p10:"*/pact/seed0" gsm8k_beavertails_p10:"*/toss_pact/seed0" gsm8k_beavertails_p10:"*/toss/seed0"
+  gsm8k_beavertails_p10:"*/toss_pro/seed0" gsm8k_beavertails_p10:"*/pact/seed0"
+  gsm8k_beavertails_p10:"*/pact_variant/seed0" gsm8k_beavertails_p10:"*/toss_pact/seed0" gsm8k_beavertails_p10:"*/toss/seed0"
   gsm8k_beavertails_p10:"*/sample_score/seed0" gsm8k_beavertails_p10:"*/kl/seed0" gsm8k_beavertails_p10:"*/csft/seed0"
   gsm8k_beavertails_p10:"*/safeinstr/seed0" gsm8k_beavertails_p10:"*/safelora/seed0"
   gsm8k_beavertails_p10:"*/asft/seed0" gsm8k_beavertails_p10:"*/sample_random/seed0"
