@@ -21,13 +21,14 @@ QUEUE=(
   gsm8k_beavertails_p10:"*/sft/seed0" gsm8k_beavertails_p10:"*/oracle/seed0" gsm8k_beavertails_p10:"*/toss_raw/seed0"
   gsm8k_beavertails_p10:"*/toss_pro/seed0" gsm8k_beavertails_p10:"*/pact/seed0"
   gsm8k_beavertails_p10:"*/pact_variant/seed0" gsm8k_beavertails_p10:"*/toss_pact/seed0" gsm8k_beavertails_p10:"*/toss/seed0"
-  gsm8k_beavertails_p10:"*/sample_score/seed0" gsm8k_beavertails_p10:"*/kl/seed0" gsm8k_beavertails_p10:"*/csft/seed0"
+  gsm8k_beavertails_p10:"*/sample_score/seed0" gsm8k_beavertails_p10:"*/kl/seed0"
+  gsm8k_beavertails_p10:"*/toss_pact_variant/seed0" gsm8k_beavertails_p10:"*/csft/seed0"
   gsm8k_beavertails_p10:"*/safeinstr/seed0" gsm8k_beavertails_p10:"*/safelora/seed0"
   gsm8k_beavertails_p10:"*/asft/seed0" gsm8k_beavertails_p10:"*/sample_random/seed0"
   gsm8k_beavertails_p10:"*/toss_pact_kept/seed0"
   gsm8k_clean:"*" poison_sweep:"*" sst2_advbench_p10:"*"
   gsm8k_beavertails_p10:"*/sft/seed1" gsm8k_beavertails_p10:"*/oracle/seed1" gsm8k_beavertails_p10:"*/toss/seed1"
-  gsm8k_beavertails_p10:"*/pact/seed1" gsm8k_beavertails_p10:"*/toss_pact/seed1"
+  gsm8k_beavertails_p10:"*/pact/seed1" gsm8k_beavertails_p10:"*/pact_variant/seed1" gsm8k_beavertails_p10:"*/toss_pact/seed1"
 )
 
 # "name:*" stands for every run of that experiment, one at a time (in its config's order, seed 0 before seed 1).
