@@ -313,3 +313,37 @@ def test_header_says_how_the_start_was_aligned():
     assert facts["starting model"] == "aligned_deep (fingerprint 12039cef1474208a)"
     assert "876 samples, data fingerprint 5be8, base 7e9b" in facts["starting model made by"]
     assert "starting model made by" not in dict(header_facts({"starting_model": {**start, "aligned_by": None}}))
+
+
+def test_crowded_point_labels_become_numbers_explained_in_a_key() -> None:
+    """Labels that fit nowhere near their point (a cluster) are replaced by numbers and listed in a key; every label
+    written out in full collides with no other label; a sparse plot needs no key."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tokensafe.experiment.report import _place_labels
+
+    def place(points: list[tuple[float, float]]) -> tuple[list[tuple[str, str]], list[Any], Any]:
+        fig = Figure(figsize=(6, 4), dpi=100)
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 10)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o")
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        items = [(x, y, f"a rather long method label number {i}", "#123456") for i, (x, y) in enumerate(points)]
+        return _place_labels(ax, renderer, items), ax.texts, renderer
+
+    keyed, texts, renderer = place([(10, 2), (80, 8)])
+    assert keyed == [] and sorted(t.get_text()[-1] for t in texts) == ["0", "1"]
+
+    cluster = [(50 + i * 0.5, 5 + (i % 3) * 0.1) for i in range(8)]
+    keyed, texts, renderer = place(cluster)
+    assert keyed and [k.split()[0] for k, _ in keyed] == [str(i + 1) for i in range(len(keyed))]
+    full = [t for t in texts if t.get_text().startswith("a rather") and t.xycoords == "data"]
+    numbers = [t for t in texts if t.get_text().isdigit()]
+    in_key = [t for t in texts if t.xycoords == "axes fraction"]
+    assert len(full) + len(numbers) == len(cluster) and len(numbers) == len(keyed) == len(in_key)
+    boxes = [t.get_window_extent(renderer) for t in full]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])

@@ -609,45 +609,99 @@ def _utility_suites(table: Table) -> list[Suite]:
     return sorted(utility, key=lambda s: (not s.is_rate,))[:2]
 
 
-def _place_labels(ax: Any, renderer: Any, items: Sequence[tuple[float, float, str, str]]) -> None:
-    """Label each point at the first of a few offsets whose text box overlaps no label and no other point.
+def _label_at(ax: Any, x: float, y: float, text: str, colour: str, dx: float, dy: float) -> Any:
+    """An annotation of the point (x, y) at (dx, dy) points from it, on a light box."""
+    return ax.annotate(
+        _mpl_text(text),
+        (x, y),
+        xytext=(dx, dy),
+        textcoords="offset points",
+        fontsize=8.5,
+        color=colour,
+        ha="left" if dx > 0 else "right" if dx < 0 else "center",
+        va="bottom" if dy > 0 else "top",
+        zorder=5,
+        bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7),
+    )
 
-    A greedy search in display space (the layout must be final): enough for a dozen points, no extra dependency.
-    """
+
+def _best_spot(
+    ax: Any, renderer: Any, x: float, y: float, text: str, colour: str, avoid: list[Any], others: list[Any]
+) -> tuple[float, Any, Any]:
+    """(collisions, annotation, its box) of ``text`` at the first offset that collides with nothing: no placed box
+    in ``avoid``, no point of ``others`` (display coordinates), inside the axes; else at the least colliding one."""
     offsets = [(6, 5), (6, -7), (-6, 5), (-6, -7), (0, 11), (0, -13), (9, 14), (-9, -16), (14, -2), (-14, -2)]
     frame = ax.get_window_extent(renderer)
+    best: tuple[float, Any, Any] | None = None
+    for dx, dy in offsets:
+        annotation = _label_at(ax, x, y, text, colour, dx, dy)
+        box = annotation.get_window_extent(renderer)
+        score = sum(box.overlaps(other) for other in avoid) + sum(box.contains(*point) for point in others)
+        score += 0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 3
+        if best is None or score < best[0]:
+            if best is not None:
+                best[1].remove()
+            best = (score, annotation, box)
+        else:
+            annotation.remove()
+        if score == 0:
+            break
+    assert best is not None
+    return best
+
+
+def _place_labels(ax: Any, renderer: Any, items: Sequence[tuple[float, float, str, str]]) -> list[tuple[str, str]]:
+    """Label each point where its text collides with no other label or point; a point whose label fits nowhere (a
+    crowded cluster) gets a number instead, explained in a key in the emptiest corner of the axes.
+
+    A greedy search in display space (the layout must be final): no extra dependency. Returns the key's (number
+    and label, colour) entries.
+    """
     anchors = [ax.transData.transform((x, y)) for x, y, _, _ in items]
     placed: list[Any] = []
+    keyed: list[tuple[str, str]] = []
     for (x, y, label, colour), anchor in zip(items, anchors, strict=True):
-        best: tuple[int, Any, Any] | None = None
-        for dx, dy in offsets:
-            text = ax.annotate(
-                _mpl_text(label),
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=8.5,
-                color=colour,
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                va="bottom" if dy > 0 else "top",
-                zorder=5,
-                bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7),
-            )
-            box = text.get_window_extent(renderer)
-            score = sum(box.overlaps(other) for other in placed)
-            score += sum(box.contains(*point) for point in anchors if not np.allclose(point, anchor))
-            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-            score += 0 if inside else 3
-            if best is None or score < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (score, text, box)
-            else:
-                text.remove()
-            if score == 0:
-                break
-        assert best is not None
-        placed.append(best[2])
+        others = [point for point in anchors if not np.allclose(point, anchor)]
+        score, annotation, box = _best_spot(ax, renderer, x, y, label, colour, placed, others)
+        if score > 0:
+            annotation.remove()
+            number = str(len(keyed) + 1)
+            score, annotation, box = _best_spot(ax, renderer, x, y, number, colour, placed, others)
+            keyed.append((f"{number}  {label}", colour))
+        placed.append(box)
+    if keyed:
+        _draw_key(ax, renderer, keyed, anchors, placed)
+    return keyed
+
+
+def _draw_key(ax: Any, renderer: Any, keyed: list[tuple[str, str]], anchors: list[Any], placed: list[Any]) -> None:
+    """The numbered labels' key, one coloured line each, in the corner of the axes it covers least."""
+    corners = [(0.98, 0.98, "right", "top"), (0.02, 0.98, "left", "top"), (0.98, 0.02, "right", "bottom")]
+    corners.append((0.02, 0.02, "left", "bottom"))
+    best: tuple[int, list[Any]] | None = None
+    for cx, cy, ha, va in corners:
+        lines = []
+        for i, (text, colour) in enumerate(keyed):
+            step = -i if va == "top" else len(keyed) - 1 - i
+            lines.append(
+                ax.annotate(
+                    _mpl_text(text), (cx, cy), xycoords="axes fraction", xytext=(0, 11 * step),
+                    textcoords="offset points", ha=ha, va=va, fontsize=8, color=colour, zorder=6,
+                    bbox=dict(boxstyle="square,pad=0.05", facecolor="white", edgecolor="none", alpha=0.85),
+                )
+            )  # fmt: skip
+        boxes = [line.get_window_extent(renderer) for line in lines]
+        score = sum(b.contains(*p) for b in boxes for p in anchors) + sum(b.overlaps(o) for b in boxes for o in placed)
+        if best is None or score < best[0]:
+            if best is not None:
+                for line in best[1]:
+                    line.remove()
+            best = (score, lines)
+        else:
+            for line in lines:
+                line.remove()
+        if score == 0:
+            break
 
 
 STYLES = {
