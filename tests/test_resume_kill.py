@@ -140,7 +140,9 @@ def test_train_refs_killed_after_u_keeps_u_and_trains_only_d(tmp_path, tiny_mode
     from safetensors.torch import load_file
 
     args = {"model_dir": str(tiny_model_dir), "data_dir": str(data_dir), "cache_dir": str(tmp_path / "cache")}
-    kill_worker.refs(toss_dir=str(tmp_path / "straight"), **args)
+    # The uninterrupted run gets its own cache: in a shared one its adapters would sit in the reference store, and the
+    # resumed run would copy D from there instead of training it.
+    kill_worker.refs(toss_dir=str(tmp_path / "straight"), **{**args, "cache_dir": str(tmp_path / "cache-straight")})
     killed = tmp_path / "killed"
     run_killed("refs", "toss.ref_adapter:1", toss_dir=killed, **args)
     recorded = json.loads((killed / "refs" / "refs.json").read_text())
