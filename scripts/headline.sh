@@ -35,15 +35,14 @@ QUEUE=(
 expand() {
   .venv/bin/python - "$1" <<'PY'
 import sys
-import yaml
 
-cfg = yaml.safe_load(open(f"configs/experiment/{sys.argv[1]}.yaml", encoding="utf-8"))
-seeds = sorted({s for row in cfg["rows"] for s in row.get("seeds", cfg.get("seeds", [0]))})
-for seed in seeds:
-    for setting in cfg["settings"]:
-        for row in cfg["rows"]:
-            if seed in row.get("seeds", cfg.get("seeds", [0])):
-                print(f"{sys.argv[1]}:{setting['name']}/{row['name']}/seed{seed}")
+from tokensafe.config import load_config
+from tokensafe.experiment.config import ExperimentConfig
+from tokensafe.experiment.matrix import expand
+
+cells = [c for c in expand(load_config(ExperimentConfig, f"configs/experiment/{sys.argv[1]}.yaml")) if not c.is_initial]
+for cell in sorted(cells, key=lambda c: c.seed):  # stable: the experiment's own order within each seed
+    print(f"{sys.argv[1]}:{cell.id}")
 PY
 }
 EXPANDED=()
