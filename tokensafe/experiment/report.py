@@ -34,7 +34,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -625,6 +625,28 @@ def _label_at(ax: Any, x: float, y: float, text: str, colour: str, dx: float, dy
     )
 
 
+def _least_colliding(
+    attempts: Iterable[Callable[[], list[Any]]], collisions: Callable[[list[Any]], float]
+) -> tuple[float, list[Any]]:
+    """Draw each attempt in turn (a list of artists) and keep the first that collides with nothing, else the least
+    colliding one; every other attempt's artists are removed again. Returns (collisions, artists)."""
+    best: tuple[float, list[Any]] | None = None
+    for attempt in attempts:
+        artists = attempt()
+        score = collisions(artists)
+        if best is None or score < best[0]:
+            for artist in best[1] if best is not None else []:
+                artist.remove()
+            best = (score, artists)
+        else:
+            for artist in artists:
+                artist.remove()
+        if score == 0:
+            break
+    assert best is not None
+    return best
+
+
 def _best_spot(
     ax: Any, renderer: Any, x: float, y: float, text: str, colour: str, avoid: list[Any], others: list[Any]
 ) -> tuple[float, Any, Any]:
@@ -632,22 +654,15 @@ def _best_spot(
     in ``avoid``, no point of ``others`` (display coordinates), inside the axes; else at the least colliding one."""
     offsets = [(6, 5), (6, -7), (-6, 5), (-6, -7), (0, 11), (0, -13), (9, 14), (-9, -16), (14, -2), (-14, -2)]
     frame = ax.get_window_extent(renderer)
-    best: tuple[float, Any, Any] | None = None
-    for dx, dy in offsets:
-        annotation = _label_at(ax, x, y, text, colour, dx, dy)
-        box = annotation.get_window_extent(renderer)
+
+    def collisions(artists: list[Any]) -> float:
+        box = artists[0].get_window_extent(renderer)
         score = sum(box.overlaps(other) for other in avoid) + sum(box.contains(*point) for point in others)
-        score += 0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 3
-        if best is None or score < best[0]:
-            if best is not None:
-                best[1].remove()
-            best = (score, annotation, box)
-        else:
-            annotation.remove()
-        if score == 0:
-            break
-    assert best is not None
-    return best
+        return score + (0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else 3)
+
+    attempts = (lambda dx=dx, dy=dy: [_label_at(ax, x, y, text, colour, dx, dy)] for dx, dy in offsets)
+    score, (annotation,) = _least_colliding(attempts, collisions)
+    return score, annotation, annotation.get_window_extent(renderer)
 
 
 def _place_labels(ax: Any, renderer: Any, items: Sequence[tuple[float, float, str, str]]) -> list[tuple[str, str]]:
@@ -678,8 +693,8 @@ def _draw_key(ax: Any, renderer: Any, keyed: list[tuple[str, str]], anchors: lis
     """The numbered labels' key, one coloured line each, in the corner of the axes it covers least."""
     corners = [(0.98, 0.98, "right", "top"), (0.02, 0.98, "left", "top"), (0.98, 0.02, "right", "bottom")]
     corners.append((0.02, 0.02, "left", "bottom"))
-    best: tuple[int, list[Any]] | None = None
-    for cx, cy, ha, va in corners:
+
+    def key_at(cx: float, cy: float, ha: str, va: str) -> list[Any]:
         lines = []
         for i, (text, colour) in enumerate(keyed):
             step = -i if va == "top" else len(keyed) - 1 - i
@@ -690,18 +705,13 @@ def _draw_key(ax: Any, renderer: Any, keyed: list[tuple[str, str]], anchors: lis
                     bbox=dict(boxstyle="square,pad=0.05", facecolor="white", edgecolor="none", alpha=0.85),
                 )
             )  # fmt: skip
+        return lines
+
+    def collisions(lines: list[Any]) -> float:
         boxes = [line.get_window_extent(renderer) for line in lines]
-        score = sum(b.contains(*p) for b in boxes for p in anchors) + sum(b.overlaps(o) for b in boxes for o in placed)
-        if best is None or score < best[0]:
-            if best is not None:
-                for line in best[1]:
-                    line.remove()
-            best = (score, lines)
-        else:
-            for line in lines:
-                line.remove()
-        if score == 0:
-            break
+        return sum(b.contains(*p) for b in boxes for p in anchors) + sum(b.overlaps(o) for b in boxes for o in placed)
+
+    _least_colliding((lambda corner=corner: key_at(*corner) for corner in corners), collisions)
 
 
 STYLES = {
