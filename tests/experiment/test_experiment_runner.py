@@ -15,6 +15,7 @@ from tokensafe.atomic import write_json, write_jsonl
 from tokensafe.eval.metrics import proportion
 from tokensafe.eval.run import parse_suite_spec
 from tokensafe.experiment.config import ExperimentConfig
+from tokensafe.experiment.plan import plan_experiment
 from tokensafe.experiment.runner import RunFailed, run_experiment
 from tokensafe.experiment.stats import FLAG_FIELD
 
@@ -148,6 +149,41 @@ def test_an_artifact_of_a_stale_row_is_not_shown(make_config, tmp_path):
     assert json.loads(results_file.read_text())["artifacts"]["pact_safety_tokens"] is None
 
 
+def test_every_distinct_safety_token_set_is_kept_with_the_rows_that_used_it(make_config, tmp_path):
+    official = [{"token": " sorry", "id": 22657, "weight": 0.7}, {"token": " cannot", "id": 2609, "weight": 0.3}]
+    contrastive = [{"token": " illegal", "id": 8543, "weight": 1.0}]
+    artifacts = {
+        "s/sft/seed0": {"pact_safety_tokens": official},
+        "s/sft/seed1": {"pact_safety_tokens": official},  # same set on another seed: one entry, two runs
+        "s/rand/seed0": {"pact_safety_tokens": contrastive},
+    }
+    run_experiment(make_config(), executor=FakeWorker(artifacts=artifacts))
+    results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())
+    assert results["artifacts"]["pact_safety_tokens"] == official  # the first run's list, as before
+    assert results["artifacts"]["pact_safety_token_sets"] == [
+        {"labels": ["SFT"], "runs": ["s/sft/seed0", "s/sft/seed1"], "tokens": official},
+        {"labels": ["Random"], "runs": ["s/rand/seed0"], "tokens": contrastive},
+    ]
+
+
+def test_safety_tokens_of_runs_finished_before_they_were_kept_are_read_from_their_model_dirs(make_config, tmp_path):
+    rows = [*ROWS[:2], {"name": "pact", "label": "PACT", "method": "pact"}]
+    run_experiment(make_config(rows=rows, seeds=[0]), executor=FakeWorker())
+    results_file = tmp_path / "results" / "exp" / "results.json"
+    assert json.loads(results_file.read_text())["artifacts"]["pact_safety_token_sets"] == []
+    # The model directory of the finished PACT run holds its tokens (as `tokensafe train --method pact` saves them).
+    pact = next(run for run in plan_experiment(make_config(rows=rows, seeds=[0])).runs if run.method == "pact")
+    saved = Path(pact.train["output_dir"]) / "pact_safety_tokens" / "safety_tokens.json"
+    write_json(saved, {"texts": [" sorry"], "token_ids": [22657], "weights": [1.0]})
+    again = FakeWorker()
+    run_experiment(make_config(rows=rows, seeds=[0]), executor=again)
+    assert again.calls == []  # nothing is rerun to find them
+    sets = json.loads(results_file.read_text())["artifacts"]["pact_safety_token_sets"]
+    assert sets == [
+        {"labels": ["PACT"], "runs": ["s/pact/seed0"], "tokens": [{"token": " sorry", "id": 22657, "weight": 1.0}]}
+    ]
+
+
 def test_a_changed_start_names_both_fingerprints():
     from tokensafe.experiment.runner import describe_spec_changes
 
@@ -224,7 +260,7 @@ def test_results_json_follows_the_schema(make_config, tmp_path):
         "label": "JBB ASR",
     }
     assert results["suites"]["gsm8k"]["lower_is_better"] is False and results["suites"]["gold_loss"]["n"] == 4
-    assert set(results["artifacts"]) == {"pact_safety_tokens", "toss_token_view"}
+    assert set(results["artifacts"]) == {"pact_safety_tokens", "toss_token_view", "pact_safety_token_sets"}
     runs = {run["id"]: run for run in results["runs"]}
     assert list(runs) == ALL
     for run in runs.values():

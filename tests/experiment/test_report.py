@@ -347,3 +347,31 @@ def test_crowded_point_labels_become_numbers_explained_in_a_key() -> None:
     assert len(full) + len(numbers) == len(cluster) and len(numbers) == len(keyed) == len(in_key)
     boxes = [t.get_window_extent(renderer) for t in full]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_each_safety_token_set_shows_under_the_rows_that_used_it(tmp_path: Path) -> None:
+    results = fixture()
+    official = results["artifacts"]["pact_safety_tokens"]
+    contrastive = [{"token": " illegal", "id": 8543, "weight": 2.0}, {"token": EVIL, "id": 1, "weight": 1.0}]
+    results["artifacts"]["pact_safety_token_sets"] = [
+        {
+            "labels": ["PACT", "TOSS + PACT"],
+            "runs": ["a/pact/seed0", "a/pact/seed1", "a/toss_pact/seed0"],
+            "tokens": official,
+        },
+        {"labels": [f"PACT variant {EVIL}"], "runs": ["a/pact_variant/seed0"], "tokens": contrastive},
+    ]
+    page = write(tmp_path, results)["html"].read_text(encoding="utf-8")
+    section = page[page.index("<h2>PACT safety tokens</h2>") : page.index("<h2>TOSS token-risk view</h2>")]
+    assert "<script" not in section.lower()
+    first, second = section.index("PACT, TOSS + PACT"), section.index("PACT variant &lt;script&gt;")
+    assert (
+        first
+        < section.index("8115")
+        < second
+        < section.index("<td>8543</td>")
+        < section.index("&lt;script&gt;alert", second + 30)
+    )
+    assert "(3 runs)" in section and "(1 run)" in section
+    assert section.count("<table class='tokens'>") == 2
+    assert f"{len(official)} tokens, by weight" in section and "2 tokens, by weight" in section

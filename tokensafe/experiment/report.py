@@ -984,6 +984,21 @@ def pact_tokens_html(tokens: Any, *, limit: int = 40) -> str:
     )
 
 
+def pact_token_sets_html(artifacts: dict[str, Any]) -> str:
+    """Every distinct safety-token set of the experiment's PACT-family rows, each under the rows that used it;
+    results written before the sets were recorded show their one ``pact_safety_tokens`` list."""
+    sets = [s for s in artifacts.get("pact_safety_token_sets") or [] if isinstance(s, dict) and s.get("tokens")]
+    if not sets:
+        return pact_tokens_html(artifacts.get("pact_safety_tokens"))
+    parts = []
+    for entry in sets:
+        labels = ", ".join(str(label) for label in entry.get("labels") or [])
+        runs = len(entry.get("runs") or [])
+        parts.append(f"<h3>{html_text(labels)} <span class='note'>({runs} run{'s' if runs != 1 else ''})</span></h3>")
+        parts.append(pact_tokens_html(entry["tokens"]))
+    return "\n".join(parts)
+
+
 def toss_view_html(samples: Any) -> str:
     """The TOSS token-risk view of the recorded samples, tokens rendered by :mod:`tokensafe.toss.view`."""
     entries = [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
@@ -1068,7 +1083,7 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) ->
     ]
     parts.append(provenance_html(results))
     artifacts = results.get("artifacts") or {}
-    parts += ["<h2>PACT safety tokens</h2>", pact_tokens_html(artifacts.get("pact_safety_tokens"))]
+    parts += ["<h2>PACT safety tokens</h2>", pact_token_sets_html(artifacts)]
     parts += ["<h2>TOSS token-risk view</h2>", toss_view_html(artifacts.get("toss_token_view"))]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -53,7 +53,7 @@ from tokensafe.experiment.matrix import matches
 from tokensafe.experiment.plan import ExperimentPlan, RunPlan, plan_experiment
 from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_test, reduction_share
 from tokensafe.experiment.status import Board, duration
-from tokensafe.experiment.worker import ARTIFACT_KINDS, OUTCOME_FILE, execute
+from tokensafe.experiment.worker import ARTIFACT_KINDS, OUTCOME_FILE, execute, pact_tokens_artifact
 from tokensafe.faults import maybe_kill
 
 RESULTS_FORMAT = 1
@@ -62,6 +62,7 @@ RESULTS_FILE = "results.json"
 STATUS_FILE = "status.md"
 PROMPT_IDS_FILE = "prompt_ids.json"
 ARTIFACTS_FILE = "artifacts.json"
+PACT_TOKENS_BY_RUN = "pact_safety_tokens_by_run"  # artifacts.json: every PACT-family run's tokens, by run id
 LOG_FILE = "log.txt"
 REFRESH_SECONDS = 30.0  # status.md refresh while a run is going
 
@@ -407,13 +408,35 @@ def build_results(
         "runs": runs,
         # Only from a run whose row is current: a stale row's artifact (say, the safety tokens found on an older
         # starting model) must not illustrate the table of the new one.
-        "artifacts": {name: _current_artifact(artifacts.get(name), current) for name in ARTIFACT_KINDS},
+        "artifacts": {
+            **{name: _current_artifact(artifacts.get(name), current) for name in ARTIFACT_KINDS},
+            "pact_safety_token_sets": pact_token_sets(plan, artifacts.get(PACT_TOKENS_BY_RUN) or {}, current),
+        },
         "status": {
             "done": len(runs),
             "pending": counts["pending"] + counts["running"] + counts["waiting"],
             "failed": counts["failed"],
         },
     }
+
+
+def pact_token_sets(plan: ExperimentPlan, by_run: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """The distinct PACT safety-token sets of the current runs, in matrix order, each with the rows that used it:
+    ``[{"labels": [row label, ...], "runs": [run id, ...], "tokens": [{"token", "id", "weight"}, ...]}]``.
+
+    Variants find other tokens (contrastive identification, other weighting), so the report shows every set, not
+    only the first PACT run's; two runs with the same tokens and weights (seeds, TOSS + PACT) share one entry.
+    """
+    sets: dict[str, dict[str, Any]] = {}
+    for p in plan.runs:
+        tokens = by_run.get(p.id)
+        if p.id not in current or not tokens:
+            continue
+        entry = sets.setdefault(digest(tokens), {"labels": [], "runs": [], "tokens": tokens})
+        entry["runs"].append(p.id)
+        if p.label not in entry["labels"]:
+            entry["labels"].append(p.label)
+    return list(sets.values())
 
 
 def _current_artifact(held: dict[str, Any] | None, current: dict[str, Any]) -> Any:
@@ -551,10 +574,27 @@ class Experiment:
         self._take_artifacts(plan, outcome)
         return row
 
+    def fill_missing_pact_tokens(self) -> None:
+        """Read the safety tokens of finished PACT-family runs recorded before every run's tokens were kept (from
+        their model directories, when this machine still has them), so the report shows each variant's set."""
+        by_run = self.artifacts.setdefault(PACT_TOKENS_BY_RUN, {})
+        found = False
+        for p in self.plan.runs:
+            row = self.rows.get(p.id)
+            if p.id in by_run or row is None or row.get("digest") != p.digest:
+                continue
+            tokens = pact_tokens_artifact(p)
+            if tokens:
+                by_run[p.id], found = tokens, True
+        if found:
+            write_json(self.results_dir / ARTIFACTS_FILE, self.artifacts)
+
     def _take_artifacts(self, plan: RunPlan, outcome: dict[str, Any]) -> None:
         """Keep the first run's artifact (matrix order) of each kind; TOSS views prefer a plain TOSS run."""
         order = {p.id: i for i, p in enumerate(self.plan.runs)}
         for name, data in outcome.get("artifacts", {}).items():
+            if name == "pact_safety_tokens":
+                self.artifacts.setdefault(PACT_TOKENS_BY_RUN, {})[plan.id] = data
             held = self.artifacts.get(name)
             rank = (plan.method != "toss", order.get(plan.id, len(order)))
             replace = held is None or held.get("run") == plan.id or held.get("run") not in order
@@ -592,6 +632,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
         print(f"[experiment] {cfg.name}: planning ...", flush=True)
         plan = plan_experiment(cfg)
         exp = Experiment(cfg, plan)
+        exp.fill_missing_pact_tokens()
         if plan.heldout is not None:
             print(
                 f"[experiment] {ADVBENCH_HELDOUT}: {plan.heldout.kept} AdvBench prompts in no training set "
