@@ -69,7 +69,9 @@ for item in "${QUEUE[@]}"; do
     --data_dir "${DATA_DIR}" --output_dir results --only "initial,${pattern}"
   rc=$?
   echo "=== $(date -u +%FT%TZ) ${name} ${pattern} rc=${rc}"
-  if [[ "${COMMIT}" == 1 ]] && [[ -n "$(git status --porcelain -- "results/${name}")" ]]; then
+  # Only when a row or an illustration changed: a visit to a finished run rewrites the tables with a new "updated"
+  # time and nothing else, which is not worth a commit.
+  if [[ "${COMMIT}" == 1 ]] && [[ -n "$(git status --porcelain -- "results/${name}/runs.jsonl" "results/${name}/artifacts.json")" ]]; then
     git add -- "results/${name}" && git commit -q -m "Headline ${name}: ${pattern} (scripts/headline.sh)" -- "results/${name}"
   fi
   if [[ ${rc} -ge 128 ]]; then  # killed by a signal: stop the queue too
