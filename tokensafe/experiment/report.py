@@ -571,6 +571,11 @@ def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
             lines += [f"- {md_text(label)} ({md_text(text)})" for label, text in per_seed]
             lines.append("")
         lines += verdict_markdown(table)
+    from tokensafe.experiment.sweep import find_sweep, sweep_markdown  # it builds on this module's types
+
+    sweep = find_sweep(tables)
+    if sweep is not None:
+        lines += sweep_markdown(sweep)
     lines += provenance_markdown(results, md_text)
     lines += ["![ASR vs utility](pareto.png)", ""]
     return "\n".join(lines)
@@ -1042,7 +1047,9 @@ def toss_view_html(samples: Any) -> str:
     return "\n".join(parts)
 
 
-def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) -> str:
+def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes, sweep_png: bytes | None = None) -> str:
+    """The self-contained page; ``sweep_png``: the figure of :mod:`tokensafe.experiment.sweep` when the settings
+    form a harmful-share sweep."""
     name = str(results.get("experiment") or "experiment")
     start = results.get("starting_model") or {}
     parts = [
@@ -1081,6 +1088,11 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) ->
         "data-selection methods. The dashed step line is the Pareto front of the fine-tuned rows.</p>",
         f"<img class='plot' alt='ASR against utility per setting' src='data:image/png;base64,{data}'>",
     ]
+    from tokensafe.experiment.sweep import find_sweep, sweep_html
+
+    sweep = find_sweep(tables)
+    if sweep is not None and sweep_png is not None:
+        parts.append(sweep_html(sweep, sweep_png))
     parts.append(provenance_html(results))
     artifacts = results.get("artifacts") or {}
     parts += ["<h2>PACT safety tokens</h2>", pact_token_sets_html(artifacts)]
@@ -1096,17 +1108,26 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes) ->
 def write_reports(results_dir: Path) -> dict[str, Path]:
     """Write ``results.md``, ``pareto.png`` and ``report.html`` next to ``results_dir/results.json``.
 
-    Returns the paths by kind: ``{"markdown", "png", "html"}``. Each file is written atomically.
+    Returns the paths by kind: ``{"markdown", "png", "html"}``, plus ``"sweep_png"`` (``sweep.png``) when the
+    settings form a harmful-share sweep (:mod:`tokensafe.experiment.sweep`). Each file is written atomically.
     """
+    from tokensafe.experiment.sweep import find_sweep
+    from tokensafe.experiment.sweep import sweep_png as draw_sweep
+
     results_dir = Path(results_dir)
     results = load_results(results_dir)
     tables = build_tables(results)
     png = pareto_png(tables)
-    return {
+    sweep = find_sweep(tables)
+    sweep_png = draw_sweep(sweep) if sweep is not None else None
+    paths = {
         "markdown": write_text(results_dir / "results.md", markdown_report(results, tables)),
         "png": write_bytes(results_dir / "pareto.png", png),
-        "html": write_text(results_dir / "report.html", html_report(results, tables, png)),
+        "html": write_text(results_dir / "report.html", html_report(results, tables, png, sweep_png)),
     }
+    if sweep_png is not None:
+        paths["sweep_png"] = write_bytes(results_dir / "sweep.png", sweep_png)
+    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> None:
