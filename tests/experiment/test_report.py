@@ -375,3 +375,20 @@ def test_each_safety_token_set_shows_under_the_rows_that_used_it(tmp_path: Path)
     assert "(3 runs)" in section and "(1 run)" in section
     assert section.count("<table class='tokens'>") == 2
     assert f"{len(official)} tokens, by weight" in section and "2 tokens, by weight" in section
+
+
+def test_zero_weight_safety_tokens_are_listed_on_one_line_after_the_weighted_ones() -> None:
+    from tokensafe.experiment.report import pact_tokens_html
+
+    tokens = [
+        {"token": " to", "id": 288, "weight": 0.0},
+        {"token": " sorry", "id": 22657, "weight": 0.5},
+        {"token": " cannot", "id": 2526, "weight": 1.0},
+        {"token": EVIL, "id": 1, "weight": 0.0},
+    ]
+    page = pact_tokens_html(tokens)
+    table, _, rest = page.partition("</table>")
+    assert "4 tokens, by weight" in table and table.count("<tr>") == 3  # header + the two weighted tokens
+    assert table.index("2526") < table.index("22657") and "288" not in table
+    assert "2 more with weight 0:" in rest and " to</code>" in rest and "&lt;script&gt;" in rest
+    assert "<script" not in page

@@ -970,6 +970,10 @@ def pact_tokens_html(tokens: Any, *, limit: int = 40) -> str:
     entries = sorted(entries, key=lambda t: -(float(t["weight"]) if _finite(t.get("weight")) else -math.inf))
     weights = [float(t["weight"]) for t in entries if _finite(t.get("weight"))]
     top = max((abs(w) for w in weights), default=1.0) or 1.0
+    # Tokens of S with weight exactly 0 (the official weighting clips at zero) go on one line: a bar-less table row
+    # each would only push the weighted ones apart.
+    zero = [t for t in entries if _finite(t.get("weight")) and float(t["weight"]) == 0.0]
+    entries = [t for t in entries if not (_finite(t.get("weight")) and float(t["weight"]) == 0.0)]
     rows = []
     for entry in entries[:limit]:
         weight = entry.get("weight")
@@ -980,8 +984,11 @@ def pact_tokens_html(tokens: Any, *, limit: int = 40) -> str:
             f"<td>{html_text(f'{weight:.3f}' if _finite(weight) else str(weight))}</td><td class='tok'>{bar}</td></tr>"
         )
     more = f"<p class='note'>{len(entries) - limit} more not shown.</p>" if len(entries) > limit else ""
+    if zero:
+        codes = " ".join(f"<code class='tok'>{html_text(str(t.get('token', '')))}</code>" for t in zero)
+        more += f"<p>{len(zero)} more with weight 0: {codes}</p>"
     return (
-        f"<p>{len(entries)} tokens, by weight (highest first).</p><table class='tokens'><thead><tr>"
+        f"<p>{len(entries) + len(zero)} tokens, by weight (highest first).</p><table class='tokens'><thead><tr>"
         "<th class='tok'>token</th><th>id</th><th>weight</th><th></th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
