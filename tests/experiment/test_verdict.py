@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tokensafe.experiment.report import Cell, Row, Suite, Table, write_reports
+from tokensafe.experiment.report import Cell, Row, Suite, Table, aggregate, write_reports
 from tokensafe.experiment.verdict import judge_table, summary_sentence, verdict_cells
 
 JBB = Suite("jbb_harmful", "safety", "asr", True, "JBB ASR", 100)
@@ -154,3 +154,31 @@ def test_reports_carry_the_verdict_escaped(tmp_path: Path) -> None:
     assert "<table class='verdict'>" in page and "Which defence wins" in page
     assert evil not in markdown and evil not in page
     assert "&lt;b&gt;TOSS&lt;/b&gt;" in page
+
+
+def test_a_one_seed_row_is_judged_against_sft_on_its_seed_not_the_mean_over_sft_seeds() -> None:
+    def run(seed: int, asr: float, loss: float) -> dict[str, Any]:
+        k = round(100 * asr)
+        return {
+            "seed": seed,
+            "vs_sft": {"jbb_harmful": {"p_value": 1e-6, "b": 0, "c": 30}},
+            "metrics": {
+                "jbb_harmful": {"k": k, "n": 100, "value": asr, "low": asr - 0.05, "high": asr + 0.05},
+                "gold_loss_gsm8k": {"value": loss},
+            },
+        }
+
+    suites = [JBB, GOLD]
+    sft_runs = [run(0, 0.68, 1.00), run(1, 0.80, 1.10)]
+    sft = Row("SFT", "baseline", False, sft_runs, {s.key: aggregate(sft_runs, s) for s in suites})
+    one_runs = [run(0, 0.28, 1.04)]  # +4% loss over SFT's seed 0, but -1.5% below the mean over both SFT seeds
+    one = Row("One seed", "defence", False, one_runs, {s.key: aggregate(one_runs, s) for s in suites})
+    two_runs = [run(0, 0.27, 1.0), run(1, 0.26, 1.1)]
+    two = Row("Two seeds", "defence", False, two_runs, {s.key: aggregate(two_runs, s) for s in suites})
+    judged = {j.label: j for j in judge_table(make_table(sft, one, two, suites=suites))}
+    assert judged["One seed"].asr_sft == pytest.approx(0.68) and judged["One seed"].sft_seeds == ["0"]
+    assert judged["One seed"].sft_interval == pytest.approx((0.63, 0.73))
+    assert judged["One seed"].utility_gap["gold loss"] == pytest.approx(0.04)
+    assert judged["Two seeds"].asr_sft == pytest.approx(0.74) and judged["Two seeds"].sft_seeds == []
+    _, cells = verdict_cells([judged["One seed"]], make_table(sft, one, suites=suites))
+    assert "vs SFT (seed 0) 68.0% [63.0, 73.0]" in cells[0][1]

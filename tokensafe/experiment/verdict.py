@@ -58,6 +58,7 @@ class Judgement:
     sft_interval: tuple[float, float] | None = None
     failures: list[str] = field(default_factory=list)  # the kept-promise criteria it misses, in words
     unjudged: list[str] = field(default_factory=list)  # criteria without the numbers to judge them
+    sft_seeds: list[str] = field(default_factory=list)  # SFT's seeds used, when fewer than SFT has (the row's)
 
     @property
     def asr_points(self) -> float | None:
@@ -105,9 +106,26 @@ def _p_values(row: Row, primary: Suite) -> list[float]:
     return [float(entry["p_value"]) for _, entry in row.vs_sft(primary)]
 
 
+def sft_on_seeds_of(sft: Row, row: Row, table: Table) -> Row:
+    """SFT restricted to the seeds ``row`` has, when SFT has more: a one-seed row is judged against SFT on that seed
+    (as its McNemar test is), not against a mean over seeds it did not run, which mixes seed-to-seed spread (12
+    points of JBB ASR between SFT's two seeds on gsm8k_beavertails_p10) into its cut."""
+    from tokensafe.experiment.report import Row, aggregate  # report.py imports this module
+
+    seeds = set(row.seeds)
+    mine = [run for run in sft.runs if run.get("seed") in seeds]
+    if len(mine) == len(sft.runs) or {run.get("seed") for run in mine} != seeds:
+        return sft  # same seeds, or SFT lacks one of them (then its McNemar test is missing too)
+    cells = {suite.key: aggregate(mine, suite) for suite in table.suites}
+    return Row(sft.label, sft.role, sft.selection, mine, cells)
+
+
 def judge_row(row: Row, sft: Row | None, initial: Row | None, table: Table) -> Judgement:
-    """The verdict of one fine-tuned row (not Initial, not SFT)."""
+    """The verdict of one fine-tuned row (not Initial, not SFT), against SFT on the row's seeds."""
     primary = table.primary
+    matched = sft_on_seeds_of(sft, row, table) if sft is not None else None
+    restricted = matched is not sft
+    sft = matched
     asr = _value(row.cells.get(primary.key)) if primary is not None else None
     asr_sft = _value(sft.cells.get(primary.key)) if primary is not None and sft is not None else None
     p_values = _p_values(row, primary) if primary is not None else []
@@ -121,6 +139,8 @@ def judge_row(row: Row, sft: Row | None, initial: Row | None, table: Table) -> J
         and all(p < P_VALUE for p in p_values)
     )
     judgement = Judgement(row.label, row.role, asr, asr_sft, p_values, safer)
+    if restricted and sft is not None:
+        judgement.sft_seeds = sorted(str(seed) for seed in sft.seeds)
     if primary is not None:
         judgement.asr_interval = _interval(row.cells.get(primary.key))
         judgement.sft_interval = _interval(sft.cells.get(primary.key)) if sft is not None else None
@@ -189,7 +209,10 @@ def _cut_text(j: Judgement) -> str:
     cut = j.asr_cut
     if j.asr is None or j.asr_sft is None:
         return "?"
-    text = f"{100 * j.asr:.1f}%{_bracket(j.asr_interval)} vs SFT {100 * j.asr_sft:.1f}%{_bracket(j.sft_interval)}"
+    seeds = f" (seed {', '.join(j.sft_seeds)})" if j.sft_seeds else ""
+    text = (
+        f"{100 * j.asr:.1f}%{_bracket(j.asr_interval)} vs SFT{seeds} {100 * j.asr_sft:.1f}%{_bracket(j.sft_interval)}"
+    )
     if points is not None:
         text += f", {points:+.1f} points"
     if cut is not None:
