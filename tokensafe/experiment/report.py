@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from tokensafe.experiment.verdict import CRITERIA, judge_table, summary_sentence
 
 # The token-risk rendering is TOSS's own (one rendering of a token for both the TOSS page and this report).
 from tokensafe.toss.view import RISKY_RGB, SAFE_RGB, TokenView, token_html
+
+if TYPE_CHECKING:  # sweep.py builds on this module's types
+    from tokensafe.experiment.sweep import Sweep
 
 FORMAT = 1
 KIND_ORDER = ("safety", "over_refusal", "utility")
@@ -551,7 +554,8 @@ def verdict_html(table: Table) -> str:
     )
 
 
-def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
+def markdown_report(results: dict[str, Any], tables: Sequence[Table], sweep: Sweep | None = None) -> str:
+    """``results.md``; ``sweep``: the harmful-share view (:func:`tokensafe.experiment.sweep.find_sweep`), if any."""
     name = str(results.get("experiment") or "experiment")
     lines = [f"# Experiment `{md_text(name)}`", ""]
     lines += [f"- {key}: {md_text(value)}" for key, value in header_facts(results)]
@@ -571,10 +575,9 @@ def markdown_report(results: dict[str, Any], tables: Sequence[Table]) -> str:
             lines += [f"- {md_text(label)} ({md_text(text)})" for label, text in per_seed]
             lines.append("")
         lines += verdict_markdown(table)
-    from tokensafe.experiment.sweep import find_sweep, sweep_markdown  # it builds on this module's types
-
-    sweep = find_sweep(tables)
     if sweep is not None:
+        from tokensafe.experiment.sweep import sweep_markdown  # it builds on this module's types
+
         lines += sweep_markdown(sweep)
     lines += provenance_markdown(results, md_text)
     lines += ["![ASR vs utility](pareto.png)", ""]
@@ -972,8 +975,8 @@ def pact_tokens_html(tokens: Any, *, limit: int = 40) -> str:
     top = max((abs(w) for w in weights), default=1.0) or 1.0
     # Tokens of S with weight exactly 0 (the official weighting clips at zero) go on one line: a bar-less table row
     # each would only push the weighted ones apart.
-    zero = [t for t in entries if _finite(t.get("weight")) and float(t["weight"]) == 0.0]
-    entries = [t for t in entries if not (_finite(t.get("weight")) and float(t["weight"]) == 0.0)]
+    zero = [t for t in entries if _zero_weight(t)]
+    entries = [t for t in entries if not _zero_weight(t)]
     rows = []
     for entry in entries[:limit]:
         weight = entry.get("weight")
@@ -994,6 +997,10 @@ def pact_tokens_html(tokens: Any, *, limit: int = 40) -> str:
         + "</tbody></table>"
         + more
     )
+
+
+def _zero_weight(entry: dict[str, Any]) -> bool:
+    return _finite(entry.get("weight")) and float(entry["weight"]) == 0.0
 
 
 def pact_token_sets_html(artifacts: dict[str, Any]) -> str:
@@ -1054,9 +1061,11 @@ def toss_view_html(samples: Any) -> str:
     return "\n".join(parts)
 
 
-def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes, sweep_png: bytes | None = None) -> str:
-    """The self-contained page; ``sweep_png``: the figure of :mod:`tokensafe.experiment.sweep` when the settings
-    form a harmful-share sweep."""
+def html_report(
+    results: dict[str, Any], tables: Sequence[Table], png: bytes, sweep: tuple[Sweep, bytes] | None = None
+) -> str:
+    """The self-contained page; ``sweep``: the harmful-share view and its figure (:mod:`tokensafe.experiment.sweep`),
+    when the settings form one."""
     name = str(results.get("experiment") or "experiment")
     start = results.get("starting_model") or {}
     parts = [
@@ -1095,11 +1104,10 @@ def html_report(results: dict[str, Any], tables: Sequence[Table], png: bytes, sw
         "data-selection methods. The dashed step line is the Pareto front of the fine-tuned rows.</p>",
         f"<img class='plot' alt='ASR against utility per setting' src='data:image/png;base64,{data}'>",
     ]
-    from tokensafe.experiment.sweep import find_sweep, sweep_html
+    if sweep is not None:
+        from tokensafe.experiment.sweep import sweep_html
 
-    sweep = find_sweep(tables)
-    if sweep is not None and sweep_png is not None:
-        parts.append(sweep_html(sweep, sweep_png))
+        parts.append(sweep_html(*sweep))
     parts.append(provenance_html(results))
     artifacts = results.get("artifacts") or {}
     parts += ["<h2>PACT safety tokens</h2>", pact_token_sets_html(artifacts)]
@@ -1118,22 +1126,21 @@ def write_reports(results_dir: Path) -> dict[str, Path]:
     Returns the paths by kind: ``{"markdown", "png", "html"}``, plus ``"sweep_png"`` (``sweep.png``) when the
     settings form a harmful-share sweep (:mod:`tokensafe.experiment.sweep`). Each file is written atomically.
     """
-    from tokensafe.experiment.sweep import find_sweep
-    from tokensafe.experiment.sweep import sweep_png as draw_sweep
+    from tokensafe.experiment.sweep import find_sweep, sweep_png
 
     results_dir = Path(results_dir)
     results = load_results(results_dir)
     tables = build_tables(results)
     png = pareto_png(tables)
     sweep = find_sweep(tables)
-    sweep_png = draw_sweep(sweep) if sweep is not None else None
+    sweep_view = (sweep, sweep_png(sweep)) if sweep is not None else None
     paths = {
-        "markdown": write_text(results_dir / "results.md", markdown_report(results, tables)),
+        "markdown": write_text(results_dir / "results.md", markdown_report(results, tables, sweep)),
         "png": write_bytes(results_dir / "pareto.png", png),
-        "html": write_text(results_dir / "report.html", html_report(results, tables, png, sweep_png)),
+        "html": write_text(results_dir / "report.html", html_report(results, tables, png, sweep_view)),
     }
-    if sweep_png is not None:
-        paths["sweep_png"] = write_bytes(results_dir / "sweep.png", sweep_png)
+    if sweep_view is not None:
+        paths["sweep_png"] = write_bytes(results_dir / "sweep.png", sweep_view[1])
     return paths
 
 

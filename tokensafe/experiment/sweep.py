@@ -21,9 +21,9 @@ from typing import Any
 from tokensafe.display import html_text
 from tokensafe.experiment.report import (
     DEFENCE_COLOURS,
-    NONE,
     STYLES,
     Cell,
+    Row,
     Suite,
     Table,
     _mpl_text,
@@ -42,9 +42,12 @@ class Sweep:
 
     shares: list[float]  # harmful share per table, ascending
     tables: list[Table]
-    labels: list[str]  # row labels in first-seen order (Initial, SFT, Oracle, then the defences)
-    roles: dict[str, str]  # label -> role
-    selection: dict[str, bool]  # label -> is a data-selection row
+    first_rows: dict[str, Row]  # label -> its row in the first table that has it (role, selection), first-seen order
+
+    @property
+    def labels(self) -> list[str]:
+        """Row labels in first-seen order (Initial, SFT, Oracle, then the defences)."""
+        return list(self.first_rows)
 
     def cell(self, label: str, table: Table, suite: Suite) -> Cell:
         """``label``'s cell for ``suite`` in ``table`` (empty when the row or the column is missing there)."""
@@ -81,23 +84,19 @@ def find_sweep(tables: Sequence[Table]) -> Sweep | None:
     for table in tables:
         setting = _setting_of(table)
         share = setting.get(SHARE_KEY) if setting is not None else None
-        if not isinstance(share, int | float) or not math.isfinite(share):
+        if setting is None or not isinstance(share, int | float) or not math.isfinite(share):
             return None
-        rest = {k: v for k, v in setting.items() if k not in IGNORED_KEYS}  # type: ignore[union-attr]
+        rest = {k: v for k, v in setting.items() if k not in IGNORED_KEYS}
         keyed.append((float(share), rest, table))
     shares = [share for share, _, _ in keyed]
     if len(keyed) < 2 or len(set(shares)) != len(shares) or any(rest != keyed[0][1] for _, rest, _ in keyed):
         return None
     keyed.sort(key=lambda item: item[0])
-    labels: dict[str, None] = {}
-    roles: dict[str, str] = {}
-    selection: dict[str, bool] = {}
+    first_rows: dict[str, Row] = {}
     for _, _, table in keyed:
         for row in table.rows:
-            labels.setdefault(row.label)
-            roles.setdefault(row.label, row.role)
-            selection.setdefault(row.label, row.selection)
-    return Sweep([s for s, _, _ in keyed], [t for _, _, t in keyed], list(labels), roles, selection)
+            first_rows.setdefault(row.label, row)
+    return Sweep([s for s, _, _ in keyed], [t for _, _, t in keyed], first_rows)
 
 
 def share_text(share: float) -> str:
@@ -110,7 +109,7 @@ def _grid(sweep: Sweep, suite: Suite) -> list[tuple[str, list[str]]]:
     for label in sweep.labels:
         cells = [sweep.cell(label, table, suite) for table in sweep.tables]
         if any(cell.value is not None for cell in cells):
-            out.append((label, [format_cell(cell, suite) if cell.value is not None else NONE for cell in cells]))
+            out.append((label, [format_cell(cell, suite) for cell in cells]))  # an em dash where a share lacks it
     return out
 
 
@@ -184,11 +183,12 @@ def sweep_png(sweep: Sweep) -> bytes:
     fig = Figure(figsize=(6.4 * max(len(suites), 1), 5.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, max(len(suites), 1), squeeze=False)[0]
-    others = [label for label in sweep.labels if sweep.roles[label] not in STYLES]
+    roles = {label: row.role for label, row in sweep.first_rows.items()}
+    others = [label for label in sweep.labels if roles[label] not in STYLES]
     colours = {label: DEFENCE_COLOURS[i % len(DEFENCE_COLOURS)] for i, label in enumerate(others)}
     x_shares = [100 * s for s in sweep.shares]
     gap = min(b - a for a, b in zip(x_shares, x_shares[1:], strict=False)) if len(x_shares) > 1 else 1.0
-    plotted = [label for label in sweep.labels if sweep.roles[label] != "initial"]
+    plotted = [label for label in sweep.labels if roles[label] != "initial"]
     # Spread the lines of one share over a third of the smallest gap, so their bars stay apart.
     offsets = {label: (i - (len(plotted) - 1) / 2) * gap / 3 / max(len(plotted), 1) for i, label in enumerate(plotted)}
     if not suites:
@@ -201,7 +201,7 @@ def sweep_png(sweep: Sweep) -> bytes:
             points = [(x, c) for x, c in zip(x_shares, cells, strict=True) if c.value is not None]
             if not points:
                 continue
-            role = sweep.roles[label]
+            role = roles[label]
             if role == "initial":  # not fine-tuned: one value, the same at every share
                 ax.axhline(scale * points[0][1].value, color=STYLES["initial"]["color"], linestyle=":", linewidth=1.5,
                            label=_mpl_text(f"{label} (not fine-tuned)"))  # fmt: skip
@@ -211,7 +211,7 @@ def sweep_png(sweep: Sweep) -> bytes:
                 style = dict(STYLES[role], markersize=7)
             else:
                 colour = colours[label]
-                face = "white" if sweep.selection[label] else colour
+                face = "white" if sweep.first_rows[label].selection else colour
                 style = dict(marker="o", color=colour, markerfacecolor=face, markersize=6)
             xs = [x + offsets[label] for x, _ in points]
             ys = [scale * c.value for _, c in points]  # type: ignore[operator]
