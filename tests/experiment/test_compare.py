@@ -60,7 +60,7 @@ def test_reordered_prompts_are_paired_by_id_and_unpairable_ones_are_not_compared
 def test_a_broken_line_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(row("r", "10")) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"runs.jsonl, line 2: not JSON"):
+    with pytest.raises(ValueError, match=r"^not JSON \(.*\) \(.*runs.jsonl, line 2\)$"):
         load_recording(path)
     with pytest.raises(FileNotFoundError, match="give a results directory"):
         load_recording(tmp_path / "missing")
@@ -74,3 +74,12 @@ def test_the_command_prints_a_table_and_the_total(tmp_path: Path, capsys) -> Non
     assert "| s/sft/seed0 | fp-a | jbb_harmful | 60.0% | 80.0% | 1 of 5 |" in out
     assert "|  |  | gold_loss | 1.2000 | 1.2000 | n/a |" in out
     assert "1 runs in both; verdicts differing: 1 of 5 paired prompt verdicts." in out
+
+
+def test_the_command_reports_a_broken_recording_in_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs.jsonl").write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "error: not JSON (" in err and "runs.jsonl, line 1)" in err

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RUNS_FILE = "runs.jsonl"
-PROMPT_IDS_FILE = "prompt_ids.json"
+from tokensafe.errors import one_line
+from tokensafe.experiment.runner import PROMPT_IDS_FILE, RUNS_FILE, read_runs
 
 
 @dataclass
@@ -62,17 +62,7 @@ def load_recording(path: str | Path) -> Recording:
     runs_file = path / RUNS_FILE if path.is_dir() else path
     if not runs_file.is_file():
         raise FileNotFoundError(f"{runs_file}: no such file (give a results directory or a runs.jsonl)")
-    rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(runs_file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{runs_file}, line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-            raise ValueError(f"{runs_file}, line {number}: a row needs a string field 'id'")
-        rows[row["id"]] = row
+    rows = read_runs(runs_file)
     ids_file = runs_file.parent / PROMPT_IDS_FILE
     prompt_ids = json.loads(ids_file.read_text(encoding="utf-8")) if ids_file.is_file() else {}
     return Recording(runs_file, rows, prompt_ids)
@@ -173,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("old", type=Path, help="results directory or runs.jsonl of the earlier recording")
     parser.add_argument("new", type=Path, help="results directory or runs.jsonl of the later recording")
     args = parser.parse_args(argv)
-    print(markdown(load_recording(args.old), load_recording(args.new)), end="")
+    try:
+        old, new = load_recording(args.old), load_recording(args.new)
+    except (OSError, ValueError) as exc:  # a missing or broken runs.jsonl: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {one_line(exc)}\n")
+    print(markdown(old, new), end="")
 
 
 if __name__ == "__main__":

@@ -231,13 +231,20 @@ def _clean(value: Any) -> Any:
 
 
 def read_runs(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows of ``runs.jsonl`` by run id (a later row for an id wins)."""
+    """Rows of ``runs.jsonl`` by run id (a later row for an id wins); none when the file is missing. A line that is
+    not a row is an error naming the file and line."""
     rows: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                rows[row["id"]] = row
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"not JSON ({exc.msg})", file=path, line=number) from None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                raise UsageError("a row needs a string field 'id'", file=path, line=number)
+            rows[row["id"]] = row
     return rows
 
 
