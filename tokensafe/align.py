@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tokensafe.align_record import ALIGN_CONFIG_FILE, ALIGN_SUMMARY_FILE
-from tokensafe.atomic import write_json
+from tokensafe.atomic import atomic_dir, write_json
 from tokensafe.config import check_data_dir, check_model_spec, check_source, option, require, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
 from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
@@ -392,15 +391,12 @@ def publish_aligned_model(cfg: AlignConfig, model: Any, tokenizer: Any, summary:
     """Save ``model`` as the named model ``<cache>/models/<cfg.name>`` with its summary and config, and write
     ``align_summary.json``. Written beside and renamed into place: the name always holds a whole model."""
     target = models_dir(cfg.cache_dir) / cfg.name
-    tmp = target.with_name(f".{cfg.name}.saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
     summary = {"name": cfg.name, "path": str(target), **summary}
-    write_json(tmp / ALIGN_SUMMARY_FILE, summary)
-    save_config(cfg, tmp / ALIGN_CONFIG_FILE)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_dir(target) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        write_json(staging / ALIGN_SUMMARY_FILE, summary)
+        save_config(cfg, staging / ALIGN_CONFIG_FILE)
     summary["fingerprint"] = model_fingerprint(str(target), cfg.cache_dir)
     # The model card last: README.md is not part of the model's key, so the fingerprint above stands.
     from tokensafe.model_card import align_card, write_card

@@ -6,6 +6,9 @@ over the target with ``os.replace`` (atomic on POSIX and Windows), and the direc
 rename survives a power cut. A process killed at any point leaves either the previous file or the new one, plus at
 worst a ``.<name>.tmp-*`` file that nothing reads.
 
+Directories (a saved model, a cache entry) go through :func:`atomic_dir`: written in a staging directory beside the
+target and renamed into place, so the target always holds either nothing, the old whole or the new whole.
+
 Appends to JSONL caches (generations, self-answers, judge verdicts) are not routed here: they stay appends, and their
 readers ignore a torn last line.
 """
@@ -15,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a fresh staging directory beside ``path``; when the block ends without an exception it becomes ``path``.
+
+    ``keep_existing(path)`` true at the end (another process finished the same entry first) keeps that copy and
+    drops the staged one; otherwise whatever ``path`` held is removed and the staging directory renamed over it. On
+    an exception the staging directory is removed and ``path`` is left as it was. Hidden name
+    (``.<name>.staging-*``), so a listing of the parent never shows a half-written entry as one of its own.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+        if keep_existing is not None and keep_existing(target):
+            return
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process published the same entry between the removal and the rename
+            if keep_existing is None or not keep_existing(target):
+                raise
+            return
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after the rename
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

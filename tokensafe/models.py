@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokensafe.atomic import atomic_dir
 from tokensafe.config import option
 from tokensafe.digests import digest, file_digest, model_dir_key
 from tokensafe.paths import cache_dir as resolve_cache_dir
@@ -82,11 +81,13 @@ def _gguf_cache_name(gguf: Path) -> str:
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """De-quantise a GGUF file into an fp32 safetensors HF directory at ``target`` (atomic: temp dir + rename)."""
-    if (target / "config.json").is_file():
+
+    def converted(path: Path) -> bool:  # another process may have won the race
+        return (path / "config.json").is_file()
+
+    if converted(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    with atomic_dir(target, keep_existing=converted) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model carries a quantizer that makes save_pretrained refuse or re-quantise; the weights are
@@ -98,14 +99,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "tokensafe_source.json").write_text(json.dumps({"gguf": str(gguf.resolve())}), encoding="utf-8")
-        if (target / "config.json").is_file():  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -150,10 +143,8 @@ def bundled_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if not (target / "tokenizer_config.json").is_file():
         gguf = bundled_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with atomic_dir(target) as staging:
+            tokenizer.save_pretrained(str(staging))
     return target
 
 

@@ -7,14 +7,12 @@ consumer (scoring, training, evaluation, reference caches) can check that it is 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from tokensafe.atomic import atomic_dir
 from tokensafe.data.errors import DataError
 from tokensafe.data.records import Record
 from tokensafe.data.tokenize import IGNORE_INDEX, tokenize_chat, validate_messages
@@ -137,10 +135,7 @@ def build_tokenized_dataset(
     else:
         dataset = tokenize_records(records, tokenizer, max_length)
         if use_cache:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
-            dataset.save_to_disk(str(tmp))
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+            with atomic_dir(target) as staging:
+                dataset.save_to_disk(str(staging))
             dataset = datasets.load_from_disk(str(target))
     return dataset, compute_stats(dataset, max_length, fingerprint)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from tokensafe import distributed
-from tokensafe.atomic import atomic_path, write_json
+from tokensafe.atomic import atomic_dir, atomic_path, write_json
 from tokensafe.data.tokenize import IGNORE_INDEX
 from tokensafe.digests import dataset_tokens_key
 from tokensafe.errors import UsageError
@@ -237,8 +235,6 @@ class ReferenceCache:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write atomically (temp dir + rename) so concurrent processes never read a half-written cache."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
         tensors = {
             "full": self.full.contiguous(),
             "offsets": self.offsets.contiguous(),
@@ -247,15 +243,12 @@ class ReferenceCache:
         }
         if self.post is not None:
             tensors["post"] = self.post.contiguous()
-        with atomic_path(tmp / CACHE_FILE) as path:  # fsync-ed before the directory is renamed into place
-            save_file(tensors, str(path), metadata={"meta": json.dumps(self.meta)})
         summary = {**self.meta, "rows": self.n_rows, "positions": int(self.full.shape[0]), "bytes": self.nbytes}
-        write_json(tmp / META_FILE, summary)
-        if (target / CACHE_FILE).is_file():  # another process finished first: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+        # Another process that finished the same cache first keeps its copy.
+        with atomic_dir(target, keep_existing=lambda path: (path / CACHE_FILE).is_file()) as staging:
+            with atomic_path(staging / CACHE_FILE) as path:  # fsync-ed before the directory is renamed into place
+                save_file(tensors, str(path), metadata={"meta": json.dumps(self.meta)})
+            write_json(staging / META_FILE, summary)
         return target
 
     @classmethod

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tokensafe.atomic import write_json
+from tokensafe.atomic import atomic_dir, write_json
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 from tokensafe.digests import digest
@@ -241,16 +241,15 @@ def publish_reference(
     """Keep a copy of the trained adapter at ``source`` in the store. Written beside it and renamed into place, so
     the store never holds a half-written adapter; an intact entry already there (another process trained the same
     adapter) is kept, a damaged one replaced."""
-    if stored_reference(store, cache_dir) is not None:
+
+    def intact(path: Path) -> bool:
+        return stored_reference(path, cache_dir) is not None
+
+    if intact(store):
         return
-    staging = store.with_name(f"{store.name}.partial-{os.getpid()}")
-    _copy_adapter_files(source, staging / "adapter")
-    write_json(staging / STORE_RECORD, summary)
-    shutil.rmtree(store, ignore_errors=True)
-    try:
-        os.replace(staging, store)
-    except OSError:  # published by another process between the check and the rename
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_dir(store, keep_existing=intact) as staging:
+        _copy_adapter_files(source, staging / "adapter")
+        write_json(staging / STORE_RECORD, summary)
 
 
 def obtain_reference(
