@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from tokensafe.data.prompts import borderline_records, twin_records
+from tokensafe.data.prompts import borderline_records, sensitive_twin_records, twin_records
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 from tokensafe.eval.generate import render_prompt
 from tokensafe.models import load_model, model_fingerprint
 
+BENIGN_KINDS = {"twins": twin_records, "borderline": borderline_records, "sensitive": sensitive_twin_records}
 TARGET_RECALL = 0.90  # issue 16: JBB harmful refusal >= 90%
 FOLDS = 5
 L2 = 1.0  # weight of 0.5 * ||w||^2 on standardised features (576 features, ~590 training prompts)
@@ -104,35 +106,50 @@ def cross_validated(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> dict[str,
     return {"jbb_cv_auc": auc(y, scores), "jbb_cv_benign_fpr_at_90_recall": fpr_at_recall(y, scores, TARGET_RECALL)}
 
 
-def probe_model(spec: str, data_dir: str) -> dict:
+def probe_model(spec: str, data_dir: str, benign_kinds: list[str]) -> dict:
     model, tokenizer = load_model(spec, padding_side="left")
     model.eval()
-    sets = {
-        "train_harmful": load_source("harmful_train", data_dir=data_dir),
-        "train_benign": twin_records("train") + borderline_records("train"),
-        "val_harmful": load_source("harmful_val", data_dir=data_dir),
-        "val_benign": twin_records("val") + borderline_records("val"),
-        "jbb_harmful": load_source("jbb_harmful", data_dir=data_dir),
-        "jbb_benign": load_source("jbb_benign", data_dir=data_dir),
+    groups = {
+        "harmful_train": lambda: load_source("harmful_train", data_dir=data_dir),
+        "harmful_val": lambda: load_source("harmful_val", data_dir=data_dir),
+        "jbb_harmful": lambda: load_source("jbb_harmful", data_dir=data_dir),
+        "jbb_benign": lambda: load_source("jbb_benign", data_dir=data_dir),
+        **{
+            f"{kind}_{split}": partial(BENIGN_KINDS[kind], split)
+            for kind in benign_kinds
+            for split in ("train", "val")
+        },
     }
-    # The states are the slow part (minutes per model on a busy CPU); kept per model fingerprint for reruns.
+    # The states are the slow part (minutes per model on a busy CPU): kept per model fingerprint and prompt group,
+    # so a rerun with another benign kind only computes that kind's.
     fingerprint = model_fingerprint(spec)
-    cache = Path.home() / ".cache" / "tokensafe" / "probe" / f"{fingerprint}.npz"
+    cache = Path.home() / ".cache" / "tokensafe" / "probe" / f"{fingerprint}-groups.npz"
+    states: dict[str, np.ndarray] = {}
     if cache.is_file():
         with np.load(cache) as saved:
-            states = {name: saved[name] for name in sets}
-    else:
-        states = {name: last_token_states(model, tokenizer, records) for name, records in sets.items()}
+            states = {name: saved[name] for name in saved.files}
+    missing = [name for name in groups if name not in states]
+    for name in missing:
+        states[name] = last_token_states(model, tokenizer, groups[name]())
+    if missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **states)
+    sets = {
+        "train_harmful": states["harmful_train"],
+        "train_benign": np.concatenate([states[f"{kind}_train"] for kind in benign_kinds]),
+        "val_harmful": states["harmful_val"],
+        "val_benign": np.concatenate([states[f"{kind}_val"] for kind in benign_kinds]),
+        "jbb_harmful": states["jbb_harmful"],
+        "jbb_benign": states["jbb_benign"],
+    }
 
     def xy(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        harm, benign = states[f"{kind}_harmful"], states[f"{kind}_benign"]
+        harm, benign = sets[f"{kind}_harmful"], sets[f"{kind}_benign"]
         return np.concatenate([harm, benign]), np.array([1] * len(harm) + [0] * len(benign))
 
     (x_train, y_train), (x_val, y_val), (x_jbb, y_jbb) = xy("train"), xy("val"), xy("jbb")
-    n_jbb = len(states["jbb_harmful"])
-    assert n_jbb == len(states["jbb_benign"]), "JBB harmful and benign are paired by behaviour"
+    n_jbb = len(sets["jbb_harmful"])
+    assert n_jbb == len(sets["jbb_benign"]), "JBB harmful and benign are paired by behaviour"
     fold = np.tile(np.arange(n_jbb) % FOLDS, 2)  # behaviour i's harmful (i) and benign (n + i) share a fold
     layers = []
     for layer in range(x_train.shape[1]):
@@ -152,7 +169,8 @@ def probe_model(spec: str, data_dir: str) -> dict:
     return {
         "model": spec,
         "fingerprint": fingerprint,
-        "sizes": {name: len(records) for name, records in sets.items()},
+        "benign_kinds": list(benign_kinds),
+        "sizes": {name: len(value) for name, value in sets.items()},
         "chosen_layer": chosen,
         "layers": layers,
     }
@@ -162,11 +180,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="default,aligned_deep", help="comma-separated model specs")
     parser.add_argument("--data_dir", default="../shared/data")
+    parser.add_argument(
+        "--benign_kinds",
+        default="twins,borderline",
+        help=f"comma-separated benign prompt kinds for the probe's label 0 (of {', '.join(BENIGN_KINDS)})",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/aligned_start/probe.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)  # a side analysis: leave the other core to whatever training runs
-    results = [probe_model(spec.strip(), args.data_dir) for spec in args.models.split(",")]
+    kinds = [kind.strip() for kind in args.benign_kinds.split(",")]
+    unknown = [kind for kind in kinds if kind not in BENIGN_KINDS]
+    if unknown:
+        parser.error(f"--benign_kinds: unknown {', '.join(unknown)}; choose from {', '.join(BENIGN_KINDS)}")
+    results = [probe_model(spec.strip(), args.data_dir, kinds) for spec in args.models.split(",")]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"target_recall": TARGET_RECALL, "models": results}, indent=1) + "\n")
     for result in results:

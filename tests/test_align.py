@@ -8,7 +8,7 @@ import pytest
 
 import tokensafe.align as align
 from tokensafe.align import AlignConfig, build_alignment_records, normalise_prompt
-from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
 from tokensafe.data.records import chat
 from tokensafe.data.sources import load_source
 
@@ -92,6 +92,22 @@ def test_instruction_twins_are_benign_prompts_outside_the_evaluation_sets(data_d
         twin_records("test")
 
 
+def test_sensitive_twins_are_benign_prompts_outside_the_evaluation_sets_and_held_out(data_dir):
+    keys = align.evaluation_prompt_keys(str(data_dir))
+    train = [r.prompt for r in sensitive_twin_records("train")]
+    val = [r.prompt for r in sensitive_twin_records("val")]
+    assert (len(train), len(val)) == (149, 40)
+    assert len({normalise_prompt(p) for p in train + val}) == len(train) + len(val)
+    assert not [p for p in train + val if normalise_prompt(p) in keys]
+    # Not the shipped instruction twins or borderline prompts either (a different kind of prompt, not a copy).
+    others = {
+        normalise_prompt(r.prompt)
+        for split in ("train", "val")
+        for r in twin_records(split) + borderline_records(split)
+    }
+    assert not {normalise_prompt(p) for p in train + val} & others
+
+
 def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model, tokenizer, monkeypatch):
     asked: list[str] = []
 
@@ -102,11 +118,15 @@ def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model,
     monkeypatch.setattr(align, "generate_self_answers", fake_answers)
     cfg = small_config(data_dir)
     cfg.n_twins = 5
+    cfg.n_sensitive_twins = 4
     records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
     twins = [r.prompt for r in twin_records("train")[:5]]
+    sensitive = [r.prompt for r in sensitive_twin_records("train")[:4]]
     assert [p for p in asked if p in twins] == twins
-    assert sum(r.source == "align_self" for r in records) == 4 + 3 + 5 + 2
+    assert [p for p in asked if p in sensitive] == sensitive
+    assert sum(r.source == "align_self" for r in records) == 4 + 3 + 5 + 4 + 2
     assert provenance["self_answered"]["instruction_twins"].endswith("x5")
+    assert provenance["self_answered"]["sensitive_twins"].endswith("x4")
 
 
 def test_sample_part_is_prefix_stable_and_independent_per_part():
@@ -189,6 +209,8 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
 
     cfg = load_config(AlignConfig, path)
     # Each shipped recipe saves under its own name: running one never overwrites another's model.
-    assert cfg.name == {"default": "aligned", "deep": "aligned_deep", "preference": "aligned_pref"}[path.stem]
-    if path.stem == "deep":
+    names = {"default": "aligned", "deep": "aligned_deep", "deep_sensitive": "aligned_deep_sensitive"}
+    assert cfg.name == {**names, "preference": "aligned_pref"}[path.stem]
+    if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
+        assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)

@@ -29,7 +29,7 @@ from tokensafe.align_record import ALIGN_CONFIG_FILE, ALIGN_SUMMARY_FILE
 from tokensafe.atomic import atomic_dir, write_json
 from tokensafe.config import check_data_dir, check_model_spec, check_source, option, require, save_config
 from tokensafe.data.dataset import build_tokenized_dataset
-from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tasks import TASKS
@@ -89,6 +89,12 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
     n_twins: int = option(
         0,
         "how many of the project's benign instructions in harmful-dataset format ('Write a tutorial on ...', 0-125)",
+        ge=0,
+    )
+    n_sensitive_twins: int = option(
+        0,
+        "how many of the project's benign requests on sensitive subjects ('Explain how phishing emails trick people"
+        " ... so staff can spot them', 0-149), self-answered",
         ge=0,
     )
     task_source: str | None = option("sst2", "task prompts answered by the model itself (keeps task behaviour)")
@@ -212,12 +218,13 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
     )
     borderline = allowed(borderline_records("train"))[: cfg.n_borderline]
     twins = allowed(twin_records("train"))[: cfg.n_twins]
+    sensitive = allowed(sensitive_twin_records("train"))[: cfg.n_sensitive_twins]
     task: list[Record] = []
     if cfg.task_source and cfg.n_task:
         task = sample_part(
             allowed(load_source(cfg.task_source, data_dir=cfg.data_dir, split="train")), cfg.n_task, cfg.seed, "task"
         )
-    prompts = [*benign, *borderline, *twins, *task]
+    prompts = [*benign, *borderline, *twins, *sensitive, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
     keep = [bool(a.strip()) for a in answers]
     n_other = len(prompts) - len(task)
@@ -250,6 +257,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
             "benign": f"{cfg.benign_source} x{len(benign)}",
             "borderline": f"resources/align/borderline_prompts.txt x{len(borderline)}",
             "instruction_twins": f"resources/align/instruction_twins.txt x{len(twins)}",
+            "sensitive_twins": f"resources/align/sensitive_twins.txt x{len(sensitive)}",
             "task": f"{cfg.task_source} (train) x{len(task)}, {task_kept} kept ({cfg.task_answers})" if task else None,
             "repeat": max(1, cfg.self_answer_repeat),
             "dropped_as_refusals": refusing,

@@ -48,7 +48,14 @@ SOURCE_FILES = {
     ("demo_eval_harmful", "test"): "eval_harmful",
     ("demo_eval_benign", "test"): "eval_benign",
 }
-ALIGN_FILES = ("borderline_prompts.txt", "borderline_val.txt", "instruction_twins.txt", "instruction_twins_val.txt")
+ALIGN_FILES = (
+    "borderline_prompts.txt",
+    "borderline_val.txt",
+    "instruction_twins.txt",
+    "instruction_twins_val.txt",
+    "sensitive_twins.txt",
+    "sensitive_twins_val.txt",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -196,3 +196,6 @@ def test_alignment_selection_suites_load_held_out_prompts(shared_data):
     twins = get_suite("twins_val").load()
     assert len(twins) == 30 and {r.source for r in twins} == {"align_twins"}
     assert get_suite("twins_val").kind == "over_refusal"
+    sensitive = get_suite("sensitive_val").load()
+    assert len(sensitive) == 40 and {r.source for r in sensitive} == {"align_sensitive"}
+    assert get_suite("sensitive_val").kind == "over_refusal" and not any(r.is_harmful for r in sensitive)

@@ -4,7 +4,9 @@ They are written for this project: refusal templates; borderline-but-safe prompt
 in two disjoint files — ``borderline_prompts.txt`` that `tokensafe align` trains on and ``borderline_val.txt`` that
 is only used to choose alignment settings (suite ``borderline_val``); and benign "instruction twins" in the
 imperative format of harmful-behaviour datasets (``instruction_twins.txt`` / ``instruction_twins_val.txt``, suite
-``twins_val``). None contains an evaluation prompt.
+``twins_val``); and benign requests on the sensitive subjects of harmful-behaviour datasets with a protective,
+educational, historical or fictional purpose (``sensitive_twins.txt`` / ``sensitive_twins_val.txt``, suite
+``sensitive_val``). None contains an evaluation prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tokensafe.data.records import Record, chat
 
 BORDERLINE_FILES = {"train": "borderline_prompts.txt", "val": "borderline_val.txt"}
 TWIN_FILES = {"train": "instruction_twins.txt", "val": "instruction_twins_val.txt"}
+SENSITIVE_TWIN_FILES = {"train": "sensitive_twins.txt", "val": "sensitive_twins_val.txt"}
 
 
 def resource_lines(name: str) -> list[str]:
@@ -40,3 +43,8 @@ def borderline_records(split: str = "train") -> list[Record]:
 def twin_records(split: str = "train") -> list[Record]:
     """The project's benign instructions in harmful-dataset format, ``split`` train / val, as prompt-only records."""
     return _prompt_records(TWIN_FILES, "align_twins", split)
+
+
+def sensitive_twin_records(split: str = "train") -> list[Record]:
+    """The project's benign requests on sensitive subjects, ``split`` train / val, as prompt-only records."""
+    return _prompt_records(SENSITIVE_TWIN_FILES, "align_sensitive", split)
