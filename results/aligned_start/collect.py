@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-rows = {}
+OUT = ROOT / "results/aligned_start/results.json"
+# runs/ does not survive a machine replacement: keep the evals already collected and add or update what is on disk.
+rows = json.loads(OUT.read_text())["evals"] if OUT.is_file() else {}
 for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final"):
     for path in sorted((ROOT / d).glob("*.json")):
         data = json.loads(path.read_text())
@@ -16,7 +18,7 @@ for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final"):
             for suite, r in data["suites"].items()
         }
 runs = [json.loads(line) for line in (ROOT / "results/aligned_start/runs.jsonl").read_text().splitlines()]
-(ROOT / "results/aligned_start/results.json").write_text(json.dumps({"evals": rows, "runs": runs}, indent=1))
+OUT.write_text(json.dumps({"evals": rows, "runs": runs}, indent=1))
 suites = sorted({s for r in rows.values() for s in r})
 print("| model | " + " | ".join(suites) + " |")
 print("|---|" + "---|" * len(suites))
