@@ -36,6 +36,7 @@ from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
 from tokensafe.eval.generate import render_prompt
 from tokensafe.models import load_model, model_fingerprint
+from tokensafe.paths import cache_dir
 
 BENIGN_KINDS = {"twins": twin_records, "borderline": borderline_records, "sensitive": sensitive_twin_records}
 TARGET_RECALL = 0.90  # issue 16: JBB harmful refusal >= 90%
@@ -123,7 +124,7 @@ def probe_model(spec: str, data_dir: str, benign_kinds: list[str]) -> dict:
     # The states are the slow part (minutes per model on a busy CPU): kept per model fingerprint and prompt group,
     # so a rerun with another benign kind only computes that kind's.
     fingerprint = model_fingerprint(spec)
-    cache = Path.home() / ".cache" / "tokensafe" / "probe" / f"{fingerprint}-groups.npz"
+    cache = cache_dir() / "probe" / f"{fingerprint}-groups.npz"
     states: dict[str, np.ndarray] = {}
     if cache.is_file():
         with np.load(cache) as saved:
