@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from tokensafe.atomic import atomic_path
 from tokensafe.data.prompts import borderline_records, sensitive_twin_records, twin_records
 from tokensafe.data.records import Record
 from tokensafe.data.sources import load_source
@@ -108,8 +109,6 @@ def cross_validated(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> dict[str,
 
 
 def probe_model(spec: str, data_dir: str, benign_kinds: list[str]) -> dict:
-    model, tokenizer = load_model(spec, padding_side="left")
-    model.eval()
     groups = {
         "harmful_train": lambda: load_source("harmful_train", data_dir=data_dir),
         "harmful_val": lambda: load_source("harmful_val", data_dir=data_dir),
@@ -130,11 +129,13 @@ def probe_model(spec: str, data_dir: str, benign_kinds: list[str]) -> dict:
         with np.load(cache) as saved:
             states = {name: saved[name] for name in saved.files}
     missing = [name for name in groups if name not in states]
-    for name in missing:
-        states[name] = last_token_states(model, tokenizer, groups[name]())
-    if missing:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **states)
+    if missing:  # the model is loaded only when some group's states are not cached
+        model, tokenizer = load_model(spec, padding_side="left")
+        model.eval()
+        for name in missing:
+            states[name] = last_token_states(model, tokenizer, groups[name]())
+        with atomic_path(cache) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz"
+            np.savez(handle, **states)
     sets = {
         "train_harmful": states["harmful_train"],
         "train_benign": np.concatenate([states[f"{kind}_train"] for kind in benign_kinds]),
@@ -160,8 +161,8 @@ def probe_model(spec: str, data_dir: str, benign_kinds: list[str]) -> dict:
         layers.append(
             {
                 "layer": layer,
-                "val_auc": float(auc(y_val, val_scores)),
-                "jbb_auc": float(auc(y_jbb, jbb_scores)),
+                "val_auc": auc(y_val, val_scores),
+                "jbb_auc": auc(y_jbb, jbb_scores),
                 "jbb_benign_fpr_at_90_recall": fpr_at_recall(y_jbb, jbb_scores, TARGET_RECALL),
                 **cross_validated(x_jbb[:, layer], y_jbb, fold),
             }
