@@ -6,6 +6,7 @@
 #
 #   mkdir -p logs && nohup setsid scripts/headline.sh > logs/headline.log 2>&1 &   # repository root, after setup.sh
 #   scripts/headline.sh --list                                       # the queue, without running anything
+#   scripts/headline.sh --pending                                    # the items a start would visit (finished skipped)
 #
 # Needs the starting model first: tokensafe align --config configs/align/deep.yaml --data_dir ../shared/data
 # Environment: DATA_DIR (default ../shared/data), NICE (default 5), COMMIT (default 1; 0 leaves git alone).
@@ -65,9 +66,42 @@ if [[ "${1:-}" == "--list" ]]; then
   exit 0
 fi
 
+# The runs still to do, by one planning pass per experiment (seconds each): a queue item none of whose runs is
+# pending is skipped without starting its worker (a visit to a finished run costs ~15 s of model loading).
+declare -A PENDING=() LISTED=()
+for name in $(printf '%s\n' "${QUEUE[@]%%:*}" | sort -u); do
+  if listing=$(.venv/bin/tokensafe experiment --config "configs/experiment/${name}.yaml" --data_dir "${DATA_DIR}" \
+    --output_dir results --list_pending true 2>&1); then
+    LISTED["${name}"]=1
+    while read -r word run_id; do
+      [[ "${word}" == pending ]] && PENDING["${name}:${run_id}"]=1
+    done <<< "${listing}"
+  else  # visit every run of it: the experiment itself will say what is wrong
+    echo "=== listing the pending runs of ${name} failed; every run of it is visited: $(tail -n 3 <<< "${listing}")"
+  fi
+done
+echo "=== $(date -u +%FT%TZ) ${#PENDING[@]} runs pending (finished runs are skipped)"
+
+is_pending() {  # experiment, fnmatch pattern of run ids
+  local key
+  [[ -z "${LISTED[$1]:-}" ]] && return 0
+  for key in "${!PENDING[@]}"; do
+    # shellcheck disable=SC2053  # the pattern is a glob on purpose
+    [[ "${key%%:*}" == "$1" && "${key#*:}" == $2 ]] && return 0
+  done
+  return 1
+}
+
 for item in "${QUEUE[@]}"; do
   name=${item%%:*}
   pattern=${item#*:}
+  if ! is_pending "${name}" "${pattern}" && ! is_pending "${name}" initial; then
+    continue
+  fi
+  if [[ "${1:-}" == "--pending" ]]; then
+    echo "${item}"
+    continue
+  fi
   echo "=== $(date -u +%FT%TZ) ${name} ${pattern}"
   nice -n "${NICE}" .venv/bin/tokensafe experiment --config "configs/experiment/${name}.yaml" \
     --data_dir "${DATA_DIR}" --output_dir results --only "initial,${pattern}"

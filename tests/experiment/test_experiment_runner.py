@@ -231,6 +231,28 @@ def test_only_and_redo_select_runs(make_config):
     assert all(p for p in worker.calls)
 
 
+def test_list_pending_names_the_runs_a_run_would_do_and_writes_nothing(make_config, tmp_path, capsys):
+    results = tmp_path / "results" / "exp"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_config(), executor=FakeWorker(interrupt_at=4))
+    before = {p: p.read_bytes() for p in results.iterdir()}
+    capsys.readouterr()
+
+    listing = run_experiment(make_config(list_pending=True), executor=FakeWorker(fail=tuple(ALL)))
+    listed = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("pending ")]
+    assert listed == ALL[3:] and listing.counts == {"pending": 4, "done": 3}
+    assert {p: p.read_bytes() for p in results.iterdir()} == before  # no status, table or row rewritten
+
+    run_experiment(make_config(list_pending=True, only=["*/seed0"], redo=["s/sft/*"]))
+    listed = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("pending ")]
+    assert listed == ["s/sft/seed0", "s/oracle/seed0", "s/rand/seed0"]  # sft redone although finished
+
+    # The listing is what a real invocation then runs.
+    worker = FakeWorker()
+    run_experiment(make_config(), executor=worker)
+    assert worker.calls == ALL[3:]
+
+
 def test_results_json_follows_the_schema(make_config, tmp_path):
     run_experiment(make_config(), executor=FakeWorker())
     results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())

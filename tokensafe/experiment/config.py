@@ -215,6 +215,11 @@ class ExperimentConfig(Checked):
     only: list[str] = option([], "run only the runs whose id matches one of these patterns (fnmatch); others wait")
     redo: list[str] = option([], "redo these runs (fnmatch patterns of run ids) even when finished: retrain too")
     threads: int = option(0, "torch CPU threads of training and evaluation (0 = torch default)", ge=0)
+    list_pending: bool = option(
+        False,
+        "print the id of every run this invocation would run ('pending <id>', one per line, --only and --redo "
+        "applied) and stop: nothing is trained, evaluated or written under output_dir",
+    )
 
     def _check(self) -> None:
         require(self.name is not None, "name is required (it names results/<name>/)", field="name")

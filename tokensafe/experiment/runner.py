@@ -632,8 +632,33 @@ def write_reports_if_available(results_dir: Path) -> None:
         print(f"[experiment] the report could not be written: {type(exc).__name__}: {exc}", flush=True)
 
 
+def is_finished(run: RunPlan, row: dict[str, Any] | None, cfg: ExperimentConfig) -> bool:
+    """Whether ``run`` has a recorded row with its current settings (same digest) that ``cfg.redo`` does not ask
+    to redo."""
+    return row is not None and row.get("digest") == run.digest and not matches(run.id, cfg.redo)
+
+
+def list_pending(cfg: ExperimentConfig) -> ExperimentResult:
+    """Print ``pending <id>`` for every run an invocation with ``cfg`` would run, in the order it would run them.
+
+    Plans only (fingerprints, data digests): no lock, nothing trained, nothing written under ``output_dir``, so a
+    queue script can skip finished runs without paying a worker start for each (``scripts/headline.sh``)."""
+    plan = plan_experiment(cfg)
+    results_dir = Path(cfg.output_dir) / str(cfg.name)
+    rows = read_runs(results_dir / RUNS_FILE)
+    selected = [r for r in plan.runs if not cfg.only or matches(r.id, cfg.only)]
+    pending = [r.id for r in selected if not is_finished(r, rows.get(r.id), cfg)]
+    for run_id in pending:
+        print(f"pending {run_id}", flush=True)
+    result = ExperimentResult(results_dir / RESULTS_FILE, results_dir / STATUS_FILE)
+    result.counts = {"pending": len(pending), "done": len(selected) - len(pending)}
+    return result
+
+
 def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> ExperimentResult:
     """Run every pending run of ``cfg`` (see the module docstring); ``executor`` replaces the worker process."""
+    if cfg.list_pending:
+        return list_pending(cfg)
     experiment_dir = Path(cfg.runs_dir) / str(cfg.name)
     with experiment_lock(experiment_dir):
         print(f"[experiment] {cfg.name}: planning ...", flush=True)
@@ -650,7 +675,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
         for run in plan.runs:
             row = exp.rows.get(run.id)
             redo = matches(run.id, cfg.redo)
-            if row is not None and row.get("digest") == run.digest and not redo:
+            if is_finished(run, row, cfg):
                 exp.board.set(run.id, "done", seconds=_run_seconds(row))
                 continue
             if row is not None and not redo:
