@@ -124,3 +124,28 @@ def test_a_file_suite_is_evaluated_like_a_named_one(tmp_path, tiny_model_dir):
     assert entry["kind"] == "over_refusal" and entry["metric"] == "refusal_rate" and entry["n"] == 2
     scored = [json.loads(line) for line in (tmp_path / "eval" / "m" / "benign.scored.jsonl").read_text().splitlines()]
     assert [row["id"] for row in scored] == ["benign/0", "benign/1"] and all("refused" in row for row in scored)
+
+
+def test_a_setting_poisoned_from_your_own_file_trains_on_it_and_holds_its_prompts_out(
+    tmp_path, tiny_model_dir, data_dir
+):
+    advbench = load_source("advbench", data_dir=data_dir)
+    mine = tmp_path / "my_poison.jsonl"  # five AdvBench goals with a compliant answer, as a user's own file
+    mine.write_text(
+        "".join(json.dumps({"prompt": r.prompt, "completion": "Sure, here is how."}) + "\n" for r in advbench[:5])
+    )
+    setting = {"name": "s", "task": "sst2", "n_task": 20, "harmful_path": str(mine), "harmful_share": 0.2}
+    plan = plan_experiment(config(tmp_path, tiny_model_dir, settings=[setting]))
+    sft = next(r for r in plan.runs if r.id == "s/sft/seed0")
+    assert sft.train["harmful_path"] == str(mine) and sft.train["harmful"] is None
+    held = {normalise_prompt(json.loads(line)["prompt"]) for line in plan.heldout.path.read_text().splitlines()}
+    assert not held & {normalise_prompt(r.prompt) for r in advbench[:5]}  # the file's prompts are not evaluated on
+    assert held & {normalise_prompt(r.prompt) for r in advbench[5:50]}  # the other AdvBench prompts still are
+
+
+def test_a_poisoned_setting_without_a_source_names_both_ways_to_give_one():
+    with pytest.raises(UsageError, match="needs a harmful source") as error:
+        ExperimentConfig(
+            name="x", settings=[{"name": "s", "task": "sst2", "harmful_share": 0.1}], rows=[{"name": "sft"}]
+        )
+    assert "harmful_path" in error.value.hint and "settings[0]" in str(error.value)

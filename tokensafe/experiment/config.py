@@ -79,14 +79,18 @@ class SettingSpec(Checked):
     harmful_share: float = option(0.0, "share p of harmful samples in the mixture", ge=0, lt=1)
     task_split: str | None = option("train", "split of the task source")
     task_path: str | None = option(None, "explicit file for the task source")
+    harmful_path: str | None = option(
+        None, "your own harmful file (chat messages or prompt/completion JSONL) instead of a named source"
+    )
     options: dict[str, Any] | None = option(None, "train / TOSS fields for every run of this setting")
 
     def _check(self) -> None:
         require(self.name is not None, "a setting needs a name", field="name")
         require(
-            self.harmful_share == 0 or self.harmful is not None,
+            self.harmful_share == 0 or self.harmful is not None or self.harmful_path is not None,
             f"harmful_share {self.harmful_share} needs a harmful source",
             field="harmful_share",
+            hint="give harmful (a named source such as beavertails) or harmful_path (your own file)",
         )
         check_source(self.task, "task", self.task_split, "task_split")
         check_source(self.harmful, "harmful")
@@ -101,6 +105,7 @@ class SettingSpec(Checked):
             "harmful_share": self.harmful_share,
             "task_split": self.task_split,
             "task_path": self.task_path,
+            "harmful_path": self.harmful_path,
         }
 
 
