@@ -209,8 +209,15 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
 
     cfg = load_config(AlignConfig, path)
     # Each shipped recipe saves under its own name: running one never overwrites another's model.
-    names = {"default": "aligned", "deep": "aligned_deep", "deep_sensitive": "aligned_deep_sensitive"}
+    names = {
+        "default": "aligned",
+        "deep": "aligned_deep",
+        "deep_sensitive": "aligned_deep_sensitive",
+        "deep_robust": "aligned_deep_robust",
+    }
     assert cfg.name == {**names, "preference": "aligned_pref"}[path.stem]
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
+        # deep_robust is deep with a larger full-fine-tuning rate and nothing else (results/aligned_start, tenth)
+        assert cfg.learning_rate == (1e-4 if path.stem == "deep_robust" else 3e-5)
