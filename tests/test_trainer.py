@@ -6,7 +6,8 @@ import datasets
 import pytest
 import torch
 
-from tokensafe.collator import TokenCollator
+from tokensafe.collator import PackedCollator, TokenCollator
+from tokensafe.config import ConfigError
 from tokensafe.data.dataset import tokenize_records
 from tokensafe.data.records import Record
 from tokensafe.data.tokenize import IGNORE_INDEX
@@ -127,3 +128,85 @@ def test_resume_from_checkpoint_reproduces_uninterrupted_run(tokenizer, tmp_path
     train_model(resumed, tokenizer, dataset, optim(tmp_path / "resumed", batch_size=2, max_steps=4, resume="last"))
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_packed_collator_concatenates_rows_restarts_positions_and_masks_each_first_label(tokenizer):
+    dataset = make_dataset(tokenizer)
+    rows = [dict(dataset[i], weights=[float(i + 1)] * len(dataset[i]["input_ids"])) for i in range(3)]
+    rows[0]["labels"] = list(rows[0]["input_ids"])  # a fully labelled row: its first label must still be masked
+    batch = PackedCollator()(rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert set(batch) == {"input_ids", "labels", "position_ids", "weights"}  # no attention_mask: nothing is padded
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["input_ids"][0].tolist() == [t for r in rows for t in r["input_ids"]]
+    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    starts = [sum(lengths[:i]) for i in range(3)]
+    for i, start in enumerate(starts):
+        assert batch["labels"][0, start].item() == IGNORE_INDEX
+        assert batch["labels"][0, start + 1 : start + lengths[i]].tolist() == rows[i]["labels"][1:]
+        assert batch["weights"][0, start : start + lengths[i]].tolist() == [float(i + 1)] * lengths[i]
+
+
+def test_packed_collator_refuses_a_per_token_column_of_another_length(tokenizer):
+    row = dict(make_dataset(tokenizer)[0])
+    row["weights"] = [1.0] * (len(row["input_ids"]) - 1)
+    with pytest.raises(ValueError, match="column 'weights' has"):
+        PackedCollator()([row])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_batch_loss_equals_the_per_row_reference(tokenizer, tmp_path, attention):
+    """The packed loss must equal the weighted mean NLL computed row by row with no batching at all: a token that
+    attended across rows, or a row's first label predicted from the previous row, would change it."""
+    dataset = make_dataset(tokenizer)
+    weights = [[(0.5 if (i + j) % 2 else 1.5) for j in range(len(ids))] for i, ids in enumerate(dataset["input_ids"])]
+    dataset = dataset.add_column("weights", weights)
+    model = tiny_llama(tokenizer)
+    model.set_attn_implementation(attention)
+    trainer = TokenSafeTrainer(
+        model=model, args=training_arguments(optim(tmp_path)), train_dataset=dataset, data_collator=PackedCollator()
+    )
+    loss = trainer.compute_loss(model, dict(PackedCollator()([dataset[i] for i in range(4)])))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in dataset:
+            ids = torch.tensor([row["input_ids"]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+            for t in range(1, len(row["labels"])):
+                if row["labels"][t] != IGNORE_INDEX:
+                    total += -row["weights"][t] * logp[t - 1, row["labels"][t]].item()
+                    count += 1
+    assert abs(loss.item() - total / count) < 1e-5
+
+
+def test_padding_free_training_takes_the_same_steps_as_padded_training(tokenizer, tmp_path):
+    # Rows of very different lengths, two SGD steps of two rows: padding is half of some batches.
+    dataset = make_dataset(tokenizer)
+    padded = tiny_llama(tokenizer)
+    train_model(padded, tokenizer, dataset, optim(tmp_path / "a", batch_size=2, max_steps=2), optim="sgd")
+    packed = tiny_llama(tokenizer)
+    cfg = optim(tmp_path / "b", batch_size=2, max_steps=2, padding_free=True)
+    train_model(packed, tokenizer, dataset, cfg, optim="sgd")
+    moved = 0.0
+    for (name, p), q, start in zip(
+        padded.named_parameters(), packed.parameters(), tiny_llama(tokenizer).parameters(), strict=True
+    ):
+        assert torch.allclose(p, q, atol=1e-6), name
+        moved = max(moved, (p - start).abs().max().item())
+    assert moved > 1e-4  # the steps did move the weights: equal because both trained, not because neither did
+
+
+def test_padding_free_is_refused_with_a_method_that_adds_loss_terms(tokenizer, tmp_path):
+    class Term:
+        name = "pact"
+        per_token_columns = ()
+        sample_columns = ()
+
+        def __call__(self, ctx: LossContext) -> torch.Tensor:
+            return ctx.logits.sum() * 0.0
+
+    with pytest.raises(ConfigError, match="padding_free works with plain and token-weighted SFT only.*pact"):
+        train_model(
+            tiny_llama(tokenizer), tokenizer, make_dataset(tokenizer), optim(tmp_path, padding_free=True),
+            loss_terms=[Term()],
+        )

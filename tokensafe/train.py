@@ -33,7 +33,7 @@ from tokensafe.atomic import write_json, write_yaml
 # The method modules are imported for their @register_method side effect: it fills tokensafe.methods.METHODS.
 from tokensafe.baselines import asft, constrained_sft, safeinstr, safelora, sample_selection  # noqa: F401
 from tokensafe.baselines.config import BaselineArgs
-from tokensafe.collator import TokenCollator
+from tokensafe.collator import PackedCollator, TokenCollator
 from tokensafe.config import Checked, check_exists, check_model_spec, check_steps, option, require, save_config
 from tokensafe.data.dataset import TokenizedStats, build_tokenized_dataset
 from tokensafe.data.mixtures import MixtureArgs, build_mixture
@@ -85,6 +85,11 @@ class OptimArgs(Checked):
         False,
         "cut batches from samples of similar length (less padding, faster on CPU) and visit the batches in a "
         "seeded random order",
+    )
+    padding_free: bool = option(
+        False,
+        "pack each micro-batch into one row with no padding: the same loss and batches, fewer tokens to compute "
+        "(plain and token-weighted SFT only; not with methods that add loss terms)",
     )
 
     def _check(self) -> None:
@@ -196,7 +201,10 @@ class TokenSafeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         labels = inputs["labels"]
         weights = inputs.get("weights")
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        if "position_ids" in inputs:  # a packed batch (PackedCollator): no mask, position restarts mark the rows
+            outputs = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False)
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         logits = outputs.logits
         if any(getattr(term, "replaces_ce", False) for term in self.loss_terms):
             ce_sum, n_labelled = logits.new_zeros(()), (labels[:, 1:] != IGNORE_INDEX).sum()
@@ -476,6 +484,28 @@ def training_columns(loss_terms: Sequence[LossTerm]) -> tuple[list[str], list[st
     return per_token, per_sample
 
 
+def make_collator(
+    cfg: OptimArgs,
+    tokenizer: Any,
+    loss_terms: Sequence[LossTerm],
+    per_token: Sequence[str],
+    per_sample: Sequence[str],
+) -> TokenCollator | PackedCollator:
+    """The padded collator, or with ``padding_free`` the packed one (only where nothing needs a (B, L) layout)."""
+    if not getattr(cfg, "padding_free", False):
+        return TokenCollator(tokenizer.pad_token_id, per_token_columns=per_token, sample_columns=per_sample)
+    # Extra terms index their columns and references by (sample, position) of a padded batch; packing would
+    # silently misalign them, so it is refused rather than half-supported.
+    require(
+        not loss_terms,
+        "padding_free works with plain and token-weighted SFT only; this method adds the loss term(s) "
+        + ", ".join(t.name for t in loss_terms),
+        field="padding_free",
+        hint="set padding_free: false for this method",
+    )
+    return PackedCollator(per_token_columns=per_token)
+
+
 def train_model(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -508,7 +538,7 @@ def train_model(
         model=model,
         args=training_arguments(cfg, **argument_overrides),
         train_dataset=dataset,
-        data_collator=TokenCollator(tokenizer.pad_token_id, per_token_columns=per_token, sample_columns=per_sample),
+        data_collator=make_collator(cfg, tokenizer, loss_terms, per_token, per_sample),
         processing_class=tokenizer,
         loss_terms=loss_terms,
         group_by_length=cfg.group_by_length,
