@@ -5,8 +5,9 @@ refusal SFT set plus the deep-alignment recovery rows; the model's self-answers 
 generated first, which takes minutes on an empty cache), cut into seeded random batches of the config's batch size,
 as the trainer's random sampler would. Two copies of the bundled SmolLM2-135M-Instruct, trained like the config
 (full fine-tuning or LoRA, AdamW at its learning rate), take turns on every batch: one with the padded collator
-(``TokenCollator``), one with ``PackedCollator`` (which way round alternates batch by batch, so load drift on a
-shared machine hits both alike). A step is ``TokenSafeTrainer.compute_loss`` + backward + optimiser step.
+(``TokenCollator``), one with ``PackedCollator`` (one row, no padding, logits only at the positions that predict a
+label: ``tokensafe.train.packed_ce_sum``); which goes first alternates batch by batch, so load drift on a shared
+machine hits both alike. A step is ``TokenSafeTrainer.compute_loss`` + backward + optimiser step.
 
 Prints per-step times (wall and process CPU time; with one torch thread the CPU time is the steadier on a shared
 machine), the tokens each layout computes, the ratio padded / packed, and the first batch's two losses (the same
