@@ -207,6 +207,19 @@ def test_padding_free_is_refused_with_a_method_that_adds_loss_terms(tokenizer, t
 
     with pytest.raises(ConfigError, match="padding_free works with plain and token-weighted SFT only.*pact"):
         train_model(
-            tiny_llama(tokenizer), tokenizer, make_dataset(tokenizer), optim(tmp_path, padding_free=True),
+            tiny_llama(tokenizer),
+            tokenizer,
+            make_dataset(tokenizer),
+            optim(tmp_path, padding_free=True),
             loss_terms=[Term()],
         )
+
+
+def test_train_config_refuses_padding_free_for_a_loss_term_method_before_anything_loads():
+    from tokensafe.train import TrainConfig
+
+    assert TrainConfig(method="toss", padding_free=True, scores="x").padding_free  # token weights pack fine
+    for method in ("pact", "kl", "toss_pact", "constrained_sft", "asft"):
+        with pytest.raises(ConfigError, match=f"--method {method} adds a loss term") as error:
+            TrainConfig(method=method, padding_free=True)
+        assert error.value.field == "padding_free"

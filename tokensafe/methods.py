@@ -34,6 +34,8 @@ MethodName = Literal[
     "sample_score",
 ]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
+# The methods whose setup adds a loss term over the (B, L) logits: they cannot train on packed rows (padding_free).
+LOSS_TERM_METHODS: frozenset[str] = frozenset({"pact", "kl", "toss_pact", "constrained_sft", "asft"})
 
 
 @dataclass

@@ -43,7 +43,14 @@ from tokensafe.digests import StreamDigest
 from tokensafe.errors import UsageError
 from tokensafe.faults import maybe_kill
 from tokensafe.losses import LossContext, LossTerm, weighted_ce_sum
-from tokensafe.methods import METHODS, MethodName, MethodSetup, resolve_method, setup_sft  # noqa: F401 (re-exported)
+from tokensafe.methods import (  # noqa: F401 (re-exported)
+    LOSS_TERM_METHODS,
+    METHODS,
+    MethodName,
+    MethodSetup,
+    resolve_method,
+    setup_sft,
+)
 from tokensafe.model_card import finish_trained_model
 from tokensafe.models import DEFAULT_MODEL, LoraArgs, apply_lora, load_model, model_fingerprint
 from tokensafe.pact import method as pact_method  # noqa: F401 (registers pact, kl)
@@ -117,6 +124,14 @@ class TrainConfig(BaselineArgs, TossArgs, PactArgs, MixtureArgs, LoraArgs, Optim
         "all",
         "toss_pact: PACT's KL on every answer position (all, the spec) or only on the tokens TOSS keeps (kept)",
     )
+
+    def _check(self) -> None:  # every class's own _check runs (tokensafe.config.validate): no super() call
+        require(
+            not (self.padding_free and self.method in LOSS_TERM_METHODS),
+            f"padding_free works with plain and token-weighted SFT only; --method {self.method} adds a loss term",
+            field="padding_free",
+            hint="set padding_free: false for this method",
+        )
 
     def _check_inputs(self) -> None:
         """The models and files this method will read exist (checked before the model loads)."""
