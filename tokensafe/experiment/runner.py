@@ -676,7 +676,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
             row = exp.rows.get(run.id)
             redo = matches(run.id, cfg.redo)
             if is_finished(run, row, cfg):
-                exp.board.set(run.id, "done", seconds=_run_seconds(row))
+                exp.board.set(run.id, "done", seconds=_run_seconds(row), shared=bool(row.get("train_shared")))
                 continue
             if row is not None and not redo:
                 print(
@@ -716,7 +716,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
                 exp.show(echo=False)
                 raise
             row = exp.record(run, outcome, time.monotonic() - started)
-            exp.board.set(run.id, "done", seconds=_run_seconds(row))
+            exp.board.set(run.id, "done", seconds=_run_seconds(row), shared=bool(row.get("train_shared")))
             result.ran.append(run.id)
             exp.publish()
             maybe_kill("experiment.row")

@@ -2,8 +2,10 @@
 
 Printed before and after every run and written to ``results/<name>/status.md`` (refreshed while a run is going, so
 ``watch cat results/<name>/status.md`` follows it). The time left is an estimate: each pending run is expected to
-take the mean wall time of the finished runs of its method (or of all finished runs while its method has none);
-runs whose training another run already did are fast, so the estimate is high while many runs share models.
+take the mean wall time of the finished runs of its method (or of all finished runs while its method has none).
+A run whose model another run had already trained (``train_shared``: it only evaluated, or reused the evaluation
+too) took seconds, so such runs enter the mean only while no run that trained has finished: otherwise a sweep
+whose first column reuses another experiment's models would promise minutes for runs that take half an hour.
 """
 
 from __future__ import annotations
@@ -37,13 +39,26 @@ class Board:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of finished runs (any invocation)
     started: dict[str, float] = field(default_factory=dict)  # monotonic start of the running run
     failures: dict[str, str] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)  # finished runs whose model another run had trained
     begin: float = field(default_factory=time.monotonic)
     begin_wall: datetime = field(default_factory=datetime.now)
 
-    def set(self, run: str, state: str, *, seconds: float | None = None, message: str | None = None) -> None:
+    def set(
+        self,
+        run: str,
+        state: str,
+        *,
+        seconds: float | None = None,
+        message: str | None = None,
+        shared: bool = False,
+    ) -> None:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         self.state[run] = state
+        if shared:
+            self.shared.add(run)
+        else:
+            self.shared.discard(run)
         if state == "running":
             self.started[run] = time.monotonic()
         else:
@@ -59,11 +74,16 @@ class Board:
         return {s: sum(1 for r in self.runs if self.state.get(r.id) == s) for s in STATES}
 
     def estimate(self, plan: RunPlan) -> float | None:
-        """Expected wall seconds of ``plan``: mean of finished runs of its method, else of all finished runs."""
+        """Expected wall seconds of ``plan``: mean of finished runs of its method, else of all finished runs; runs
+        that trained their own model first (see the module doc)."""
         done = [r for r in self.runs if self.state.get(r.id) == "done" and r.id in self.seconds]
-        same = [self.seconds[r.id] for r in done if r.method == plan.method]
-        pool = same or [self.seconds[r.id] for r in done]
-        return sum(pool) / len(pool) if pool else None
+        trained = [r for r in done if r.id not in self.shared]
+        for group in (trained, done):
+            same = [self.seconds[r.id] for r in group if r.method == plan.method]
+            pool = same or [self.seconds[r.id] for r in group]
+            if pool:
+                return sum(pool) / len(pool)
+        return None
 
     def time_left(self) -> float | None:
         """Estimated seconds until every pending and running run is done (None while nothing finished)."""
