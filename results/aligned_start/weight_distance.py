@@ -1,10 +1,10 @@
-"""How far each aligned start moved from the base model, and how far the clean GSM8K fine-tuning moved each start.
+"""How far each aligned start moved from the base model, and how far each fine-tuning check moved each start.
 
 For every start: the relative Frobenius distance ||W_start - W_base|| / ||W_base|| per module kind (q, k, v, o,
-gate, up, down, embeddings), over all layers. For every clean fine-tuning check (LoRA on q/v): the relative size
-of the adapter's update ||s * B A|| / ||W_start|| on q and v, and the cosine between that update and the
-alignment's own update of the same matrix (negative: the fine-tuning walks the alignment back). Reads the cached
-named models and the `runs/ft_clean_*` adapters; single-threaded, ~1 minute.
+gate, up, down, embeddings), over all layers. For every fine-tuning check (LoRA on q/v; clean, 10% and 20%
+BeaverTails): the size of the adapter's update s * B A relative to the start's weights and to the alignment's own
+update of the same matrices, and the cosine between the two updates (negative: the fine-tuning walks the alignment
+back). Reads the cached named models and the adapters named below; single-threaded, ~1 minute.
 
     .venv/bin/python results/aligned_start/weight_distance.py > results/aligned_start/weight_distance.md
 """
@@ -18,15 +18,33 @@ from safetensors.torch import load_file
 from tokensafe.models import resolve_model_path
 
 torch.set_num_threads(1)
-# label -> (model: a named model or a directory, its clean fine-tuning check's adapter or None)
+# label -> (model: a named model or a directory, {check: adapter directory of that fine-tuning check})
+# aligned_deep's checks are the headline's runs with the same config: gsm8k_beavertails_p10 oracle (= clean) and SFT,
+# seed 0 (their train keys in results/gsm8k_beavertails_p10/runs.jsonl).
 STARTS = {
-    "aligned_deep (lr 3e-5)": ("aligned_deep", None),
-    "aligned_deep, packed build": (
-        "/tmp/aligncache_packed/models/aligned_deep_packed",
-        "runs/ft_clean_deep_packed/final",
+    "aligned_deep (lr 3e-5)": (
+        "aligned_deep",
+        {
+            "clean": "runs/experiment/models/c6dd65c3a0d310ae/final",
+            "10% poison": "runs/experiment/models/6fb1438a7cbd0522/final",
+        },
     ),
-    "lr 6e-5": ("aligned_deep_lr6e5", "runs/ft_clean_deep_lr6e5/final"),
-    "lr 1e-4": ("aligned_deep_lr1e4", "runs/ft_clean_deep_lr1e4/final"),
+    "aligned_deep, packed build": (
+        "/tmp/aligncache_packed/models/aligned_deep_packed",  # chain14.sh
+        {"clean": "runs/ft_clean_deep_packed/final"},
+    ),
+    "lr 6e-5": (
+        "aligned_deep_lr6e5",
+        {"clean": "runs/ft_clean_deep_lr6e5/final", "10% poison": "runs/ft_pois_deep_lr6e5/final"},
+    ),
+    "lr 1e-4": (
+        "aligned_deep_lr1e4",
+        {
+            "clean": "runs/ft_clean_deep_lr1e4/final",
+            "10% poison": "runs/ft_pois_deep_lr1e4/final",
+            "20% poison": "runs/ft_pois20_deep_lr1e4/final",
+        },
+    ),
 }
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
 
@@ -42,7 +60,7 @@ def weights(name: str) -> dict[str, torch.Tensor]:
 def main() -> None:
     base = weights("default")
     rows, ft_rows = [], []
-    for label, (name, adapter_dir) in STARTS.items():
+    for label, (name, checks) in STARTS.items():
         start = weights(name)
         cells = []
         for kind in KINDS:
@@ -51,7 +69,9 @@ def main() -> None:
             den = sum(float(base[k].pow(2).sum()) for k in keys) ** 0.5
             cells.append(100 * num / den)
         rows.append((label, cells))
-        if adapter_dir and Path(adapter_dir).is_dir():
+        for check, adapter_dir in checks.items():
+            if not Path(adapter_dir).is_dir():
+                continue
             adapter = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
             config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
             scale = config["lora_alpha"] / config["r"]
@@ -66,15 +86,20 @@ def main() -> None:
                     dot += float((delta_ft * delta_al).sum())
                     norm_ft += float(delta_ft.pow(2).sum())
                     norm_al += float(delta_al.pow(2).sum())
-                ft_rows.append((label, kind, 100 * (size_num / size_den) ** 0.5, dot / (norm_ft * norm_al) ** 0.5))
+                ratio = (norm_ft / norm_al) ** 0.5
+                cosine = dot / (norm_ft * norm_al) ** 0.5
+                ft_rows.append((label, check, kind, 100 * (size_num / size_den) ** 0.5, ratio, cosine))
     print("| start | " + " | ".join(KINDS) + " |")
     print("|---|" + "---|" * len(KINDS))
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(f"{c:.3f}%" for c in cells) + " |")
-    print("\n| start | clean-FT adapter on | relative size of s·BA | cosine with the alignment's update |")
-    print("|---|---|---|---|")
-    for label, kind, size, cosine in ft_rows:
-        print(f"| {label} | {kind} | {size:.3f}% | {cosine:+.3f} |")
+    print(
+        "\n| start | fine-tuning check | adapter on | ||s·BA|| / ||W_start|| | ||s·BA|| / ||W_start - W_base|| "
+        "| cosine with the alignment's update |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, check, kind, size, ratio, cosine in ft_rows:
+        print(f"| {label} | {check} | {kind} | {size:.3f}% | {ratio:.2f}x | {cosine:+.3f} |")
 
 
 if __name__ == "__main__":
