@@ -9,13 +9,11 @@ back). Reads the cached named models and the adapters named below; single-thread
     .venv/bin/python results/aligned_start/weight_distance.py > results/aligned_start/weight_distance.md
 """
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from tokensafe.models import resolve_model_path
+from tokensafe.baselines.directions import adapter_lora_factors, model_weights
 
 torch.set_num_threads(1)
 # label -> (model: a named model or a directory, {check: adapter directory of that fine-tuning check})
@@ -49,46 +47,34 @@ STARTS = {
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
 
 
-def weights(name: str) -> dict[str, torch.Tensor]:
-    folder = Path(resolve_model_path(name))
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
-
-
 def main() -> None:
-    base = weights("default")
+    base = model_weights("default")
     rows, ft_rows = [], []
     for label, (name, checks) in STARTS.items():
-        start = weights(name)
+        start = model_weights(name)
         cells = []
         for kind in KINDS:
-            keys = [k for k in base if kind in k]
-            num = sum(float((start[k] - base[k]).pow(2).sum()) for k in keys) ** 0.5
-            den = sum(float(base[k].pow(2).sum()) for k in keys) ** 0.5
+            keys = [k for k in base.names() if kind in k]
+            num = sum(float((start.get(k) - base.get(k)).pow(2).sum()) for k in keys) ** 0.5
+            den = sum(float(base.get(k).pow(2).sum()) for k in keys) ** 0.5
             cells.append(100 * num / den)
         rows.append((label, cells))
         for check, adapter_dir in checks.items():
             if not Path(adapter_dir).is_dir():
                 continue
-            adapter = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
-            config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-            scale = config["lora_alpha"] / config["r"]
+            factors, _, _ = adapter_lora_factors(adapter_dir)
             for kind in ("q_proj", "v_proj"):
-                size_num = size_den = dot = norm_ft = norm_al = 0.0
-                for key in [k for k in adapter if kind in k and "lora_A" in k]:
-                    layer = key.split("base_model.model.")[-1].replace(".lora_A.weight", ".weight")
-                    delta_ft = scale * adapter[key.replace("lora_A", "lora_B")] @ adapter[key]
-                    delta_al = start[layer] - base[layer]
-                    size_num += float(delta_ft.pow(2).sum())
-                    size_den += float(start[layer].pow(2).sum())
-                    dot += float((delta_ft * delta_al).sum())
-                    norm_ft += float(delta_ft.pow(2).sum())
-                    norm_al += float(delta_al.pow(2).sum())
-                ratio = (norm_ft / norm_al) ** 0.5
-                cosine = dot / (norm_ft * norm_al) ** 0.5
-                ft_rows.append((label, check, kind, 100 * (size_num / size_den) ** 0.5, ratio, cosine))
+                start_sq = dot = ft_sq = align_sq = 0.0
+                for layer in [f for f in factors if kind in f.module]:
+                    w_start = start.get(layer.weight)
+                    delta_ft = layer.scale * layer.b @ layer.a
+                    delta_align = w_start - base.get(layer.weight)
+                    start_sq += float(w_start.pow(2).sum())
+                    dot += float((delta_ft * delta_align).sum())
+                    ft_sq += float(delta_ft.pow(2).sum())
+                    align_sq += float(delta_align.pow(2).sum())
+                size = 100 * (ft_sq / start_sq) ** 0.5
+                ft_rows.append((label, check, kind, size, (ft_sq / align_sq) ** 0.5, dot / (ft_sq * align_sq) ** 0.5))
     print("| start | " + " | ".join(KINDS) + " |")
     print("|---|" + "---|" * len(KINDS))
     for label, cells in rows:

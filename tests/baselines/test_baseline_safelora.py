@@ -149,3 +149,16 @@ def test_errors_name_the_problem(tmp_path, tokenizer, aligned_dir, base_dir, stu
         from tokensafe.baselines.safelora import SafeLoraConfig, run_safelora
 
         run_safelora(SafeLoraConfig())
+
+
+def test_model_weights_names_every_tensor_of_the_files_and_reads_each(aligned_dir, pair_weights):
+    from tokensafe.baselines.directions import model_weights
+
+    weights = model_weights(str(aligned_dir))
+    aligned, _ = pair_weights
+    files = {k for f in sorted(aligned_dir.glob("*.safetensors")) for k in load_file(str(f))}
+    assert sorted(weights.names()) == sorted(files)
+    shared = [n for n in weights.names() if n in aligned]
+    assert shared  # the independent state dict names the same tensors
+    for name in shared[:3]:
+        assert torch.equal(weights.get(name), aligned[name].float())

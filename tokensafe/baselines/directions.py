@@ -97,6 +97,10 @@ class SafetensorsWeights:
     def __contains__(self, name: str) -> bool:
         return name in self._index
 
+    def names(self) -> list[str]:
+        """Every weight name the model's files hold."""
+        return list(self._index)
+
     def get(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
 
