@@ -39,22 +39,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def alignment_dataset(cfg, model, tokenizer):  # noqa: ANN001, ANN201 - mirrors tokensafe.align.run_align
-    from tokensafe.align import build_alignment_records
-    from tokensafe.data.dataset import build_tokenized_dataset
-    from tokensafe.preference import add_recovery_examples, build_preference_data
-
-    records, _ = build_alignment_records(cfg, model, tokenizer)
-    extra = build_preference_data(cfg, model, tokenizer) if cfg.extends_align else None
-    dataset, _ = build_tokenized_dataset(records, tokenizer, cfg.max_length, cache_dir=cfg.cache_dir)
-    return add_recovery_examples(dataset, extra, tokenizer, cfg.max_length)
-
-
 def main() -> None:
     args = parse_args()
     import torch
 
-    from tokensafe.align import AlignConfig
+    from tokensafe.align import AlignConfig, build_alignment_dataset
     from tokensafe.collator import PackedCollator, TokenCollator
     from tokensafe.config import load_config
     from tokensafe.models import apply_lora, load_model
@@ -65,7 +54,7 @@ def main() -> None:
     if args.data_dir:
         cfg.data_dir = args.data_dir
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
-    dataset = alignment_dataset(cfg, model, tokenizer).select_columns(["input_ids", "labels"])
+    dataset = build_alignment_dataset(cfg, model, tokenizer).dataset.select_columns(["input_ids", "labels"])
     order = list(range(len(dataset)))
     random.Random(args.seed).shuffle(order)
     size = cfg.batch_size

@@ -356,6 +356,28 @@ def read_cached_answers(cache_file: Path) -> dict[str, str]:
     return answers
 
 
+@dataclass
+class AlignmentDataset:
+    """What the refusal SFT trains on: the tokenised rows (recovery examples appended) and where they came from."""
+
+    dataset: Any  # datasets.Dataset: input_ids, labels (, weights)
+    stats: Any  # TokenizedStats of the records before the recovery examples
+    provenance: dict[str, Any]
+    extra: Any  # PreferenceData (pairs, recovery examples) or None
+    generated_at: float  # time.time() once every generation (self-answers, compliant prefixes) was done
+
+
+def build_alignment_dataset(cfg: AlignConfig, model: Any, tokenizer: Any) -> AlignmentDataset:
+    """The training set of :func:`run_align` with ``model`` (the base model) answering for itself."""
+    records, provenance = build_alignment_records(cfg, model, tokenizer)
+    # Preference pairs and recovery examples need the base model's own answers: built before any training.
+    extra = build_preference_data(cfg, model, tokenizer) if cfg.extends_align else None
+    generated_at = time.time()
+    dataset, stats = build_tokenized_dataset(records, tokenizer, cfg.max_length, cache_dir=cfg.cache_dir)
+    dataset = add_recovery_examples(dataset, extra, tokenizer, cfg.max_length)
+    return AlignmentDataset(dataset, stats, provenance, extra, generated_at)
+
+
 def run_align(cfg: AlignConfig) -> dict[str, Any]:
     import torch
     from transformers import set_seed
@@ -368,12 +390,8 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")  # at the start: a killed run still says what it was
     start = time.time()
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
-    records, provenance = build_alignment_records(cfg, model, tokenizer)
-    # Preference pairs and recovery examples need the base model's own answers: built before any training.
-    extra = build_preference_data(cfg, model, tokenizer) if cfg.extends_align else None
-    generated_at = time.time()
-    dataset, stats = build_tokenized_dataset(records, tokenizer, cfg.max_length, cache_dir=cfg.cache_dir)
-    dataset = add_recovery_examples(dataset, extra, tokenizer, cfg.max_length)
+    data = build_alignment_dataset(cfg, model, tokenizer)
+    dataset, extra = data.dataset, data.extra
     set_seed(cfg.seed)  # the LoRA initialisation is drawn here: same seed and data, same model on every run
     model = apply_lora(model, cfg)
     trainer, loss_log = train_model(model, tokenizer, dataset, cfg)
@@ -384,12 +402,12 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
     summary = {
         "base_model": cfg.model,
         "base_fingerprint": model_fingerprint(cfg.model, cfg.cache_dir),
-        "trained_on": provenance,
+        "trained_on": data.provenance,
         "preference_and_recovery": extra.provenance if extra else None,
         "preference_stage": preference,
-        "data": stats.__dict__,
+        "data": data.stats.__dict__,
         "losses": [h["loss"] for h in loss_log.history],
-        "seconds_self_answers": round(generated_at - start, 1),
+        "seconds_self_answers": round(data.generated_at - start, 1),
         "seconds_total": round(time.time() - start, 1),
     }
     return publish_aligned_model(cfg, trained, tokenizer, summary)
