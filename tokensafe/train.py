@@ -242,14 +242,13 @@ class TokenSafeTrainer(Trainer):
         weights = inputs.get("weights")
         if "position_ids" in inputs:  # a packed batch (PackedCollator, padding_free): no extra terms
             outputs, ce_sum, n_labelled = packed_ce_sum(model, inputs)
-            logits = outputs.logits
         else:
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            logits = outputs.logits
             if any(getattr(term, "replaces_ce", False) for term in self.loss_terms):
-                ce_sum, n_labelled = logits.new_zeros(()), (labels[:, 1:] != IGNORE_INDEX).sum()
+                ce_sum, n_labelled = outputs.logits.new_zeros(()), (labels[:, 1:] != IGNORE_INDEX).sum()
             else:
-                ce_sum, n_labelled = weighted_ce_sum(logits, labels, weights)
+                ce_sum, n_labelled = weighted_ce_sum(outputs.logits, labels, weights)
+        logits = outputs.logits  # (B, L, V); (K, V) for a packed batch
         total = num_items_in_batch if num_items_in_batch is not None else n_labelled
         normaliser = torch.clamp(torch.as_tensor(total, device=logits.device, dtype=torch.float32), min=1.0)
         loss = ce_sum / normaliser
