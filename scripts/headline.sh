@@ -18,7 +18,8 @@ COMMIT=${COMMIT:-1}
 
 # experiment:run-pattern, in order: seed 0 of the GSM8K table; the second seed of SFT and of the PACT variant (the
 # one defence that wins there on seed 0: one seed is not a finding); the two small tables (gsm8k_clean, the sweep);
-# the other second seeds; last the SST-2 table (22 runs). A finished run costs only its experiment's planning
+# then the SST-2 table (22 runs; the rows that answer the PACT setting's question first: SFT, oracle, PACT, TOSS,
+# the PACT ablation ladder); last the other second seeds. A finished run costs only its experiment's planning
 # (seconds), so the queue lists every run (tests/experiment/test_experiment_config.py).
 QUEUE=(
   gsm8k_beavertails_p10:"*/sft/seed0" gsm8k_beavertails_p10:"*/oracle/seed0" gsm8k_beavertails_p10:"*/toss_raw/seed0"
@@ -31,9 +32,16 @@ QUEUE=(
   gsm8k_beavertails_p10:"*/toss_pact_kept/seed0"
   gsm8k_beavertails_p10:"*/sft/seed1" gsm8k_beavertails_p10:"*/pact_variant/seed1"
   gsm8k_clean:"*" poison_sweep:"*"
+  sst2_advbench_p10:"*/sft/seed0" sst2_advbench_p10:"*/oracle/seed0" sst2_advbench_p10:"*/pact/seed0"
+  sst2_advbench_p10:"*/toss/seed0" sst2_advbench_p10:"*/pact_kl/seed0" sst2_advbench_p10:"*/pact_tokens/seed0"
+  sst2_advbench_p10:"*/pact_weights/seed0" sst2_advbench_p10:"*/pact_post/seed0"
+  sst2_advbench_p10:"*/pact_lambda0.3/seed0" sst2_advbench_p10:"*/pact_lambda3/seed0"
+  sst2_advbench_p10:"*/toss_pact/seed0" sst2_advbench_p10:"*/toss_raw/seed0" sst2_advbench_p10:"*/toss_pro/seed0"
+  sst2_advbench_p10:"*/sample_score/seed0" sst2_advbench_p10:"*/sample_random/seed0" sst2_advbench_p10:"*/pact_variant/seed0"
+  sst2_advbench_p10:"*/kl/seed0" sst2_advbench_p10:"*/csft/seed0" sst2_advbench_p10:"*/safelora/seed0"
+  sst2_advbench_p10:"*/asft/seed0" sst2_advbench_p10:"*/safeinstr/seed0"
   gsm8k_beavertails_p10:"*/oracle/seed1" gsm8k_beavertails_p10:"*/toss/seed1"
   gsm8k_beavertails_p10:"*/pact/seed1" gsm8k_beavertails_p10:"*/toss_pact/seed1"
-  sst2_advbench_p10:"*"
 )
 
 # "name:*" stands for every run of that experiment, one at a time (in its config's order, seed 0 before seed 1).
