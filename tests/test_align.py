@@ -108,7 +108,8 @@ def test_sensitive_twins_are_benign_prompts_outside_the_evaluation_sets_and_held
     assert not {normalise_prompt(p) for p in train + val} & others
 
 
-def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model, tokenizer, monkeypatch):
+def answer_ok_and_record_prompts(monkeypatch) -> list[str]:
+    """Replace self-answer generation by "ok" for every prompt; the returned list collects the prompts asked."""
     asked: list[str] = []
 
     def fake_answers(cfg, model, tok, prompts):
@@ -116,6 +117,11 @@ def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model,
         return ["ok"] * len(prompts)
 
     monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    return asked
+
+
+def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model, tokenizer, monkeypatch):
+    asked = answer_ok_and_record_prompts(monkeypatch)
     cfg = small_config(data_dir)
     cfg.n_twins = 5
     cfg.n_sensitive_twins = 4
@@ -127,6 +133,28 @@ def test_twins_are_self_answered_next_to_the_other_prompts(data_dir, tiny_model,
     assert sum(r.source == "align_self" for r in records) == 4 + 3 + 5 + 4 + 2
     assert provenance["self_answered"]["instruction_twins"].endswith("x5")
     assert provenance["self_answered"]["sensitive_twins"].endswith("x4")
+
+
+def test_gold_task_rows_are_trained_on_with_the_dataset_answers_and_never_generated(
+    data_dir, tiny_model, tokenizer, monkeypatch
+):
+    asked = answer_ok_and_record_prompts(monkeypatch)
+    cfg = small_config(data_dir)
+    cfg.gold_task_source, cfg.n_gold_task = "gsm8k", 5
+    records, provenance = build_alignment_records(cfg, tiny_model, tokenizer)
+    gold = [r for r in records if r.source == "align_gold_task"]
+    train = {r.id: r for r in load_source("gsm8k", data_dir=str(data_dir), split="train")}
+    assert len(gold) == 5
+    for r in gold:  # the source row itself, prompt and gold answer, under an id that says where it came from
+        source_id = r.id.removeprefix("align/gold/")
+        assert r.messages == train[source_id].messages and r.response.rstrip().split()[-1].isdigit()
+    assert not {r.prompt for r in gold} & set(asked)  # no generation spent on them
+    assert provenance["gold_task"] == "gsm8k (train, dataset answers) x5"
+    assert provenance["samples"] == len(records) == 18 + 5
+    # Prefix-stable: asking for more keeps the rows already chosen.
+    cfg.n_gold_task = 8
+    more, _ = build_alignment_records(cfg, tiny_model, tokenizer)
+    assert {r.id for r in gold} < {r.id for r in more if r.source == "align_gold_task"}
 
 
 def test_sample_part_is_prefix_stable_and_independent_per_part():
@@ -214,6 +242,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "deep": "aligned_deep",
         "deep_sensitive": "aligned_deep_sensitive",
         "deep_robust": "aligned_deep_robust",
+        "deep_gsm8k": "aligned_deep_gsm8k",
     }
     assert cfg.name == {**names, "preference": "aligned_pref"}[path.stem]
     if path.stem.startswith("deep"):
@@ -221,3 +250,6 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
         # deep_robust is deep with a larger full-fine-tuning rate and nothing else (results/aligned_start, tenth)
         assert cfg.learning_rate == (1e-4 if path.stem == "deep_robust" else 3e-5)
+        # deep_gsm8k is deep plus GSM8K rows with their dataset answers (trained packed), nothing else
+        gold = (cfg.gold_task_source, cfg.n_gold_task)
+        assert gold == (("gsm8k", 200) if path.stem == "deep_gsm8k" else (None, 0))

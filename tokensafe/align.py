@@ -105,6 +105,13 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
         "(rejection-sampled self-distillation: still the model's own words, but it does not learn its own mistakes); "
         "balanced: correct ones, as many for every label",
     )
+    # The papers' starting models (Llama-2/3 chat) were instruction-tuned on math and classification data in the
+    # format later fine-tuned on, so their task fine-tuning moves them little; a start that never saw the task's
+    # answer format moves far to learn it, and its refusals move with it (results/aligned_start/README.md).
+    gold_task_source: str | None = option(
+        None, "a task whose train rows are trained on with the dataset's own answers (teaches the answer format)"
+    )
+    n_gold_task: int = option(0, "how many gold_task_source train rows", ge=0)
     drop_refusing_self_answers: bool = option(
         True, "leave out self-answers to benign/borderline prompts that the keyword judge calls refusals"
     )
@@ -134,6 +141,7 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
         check_source(self.safe_answer_source, "safe_answer_source")
         check_source(self.benign_source, "benign_source")
         check_source(self.task_source, "task_source")
+        check_source(self.gold_task_source, "gold_task_source")
         for name in self.evaluation_sources:
             check_source(name, "evaluation_sources")
         if self.task_answers != "self" and self.task_source is not None and self.n_task > 0:
@@ -224,6 +232,11 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         task = sample_part(
             allowed(load_source(cfg.task_source, data_dir=cfg.data_dir, split="train")), cfg.n_task, cfg.seed, "task"
         )
+    gold_task: list[Record] = []
+    if cfg.gold_task_source and cfg.n_gold_task:
+        rows = [r for r in load_source(cfg.gold_task_source, data_dir=cfg.data_dir, split="train") if r.response]
+        gold_task = sample_part(allowed(rows), cfg.n_gold_task, cfg.seed, "gold_task")
+        records += [Record(f"align/gold/{r.id}", r.messages, "align_gold_task") for r in gold_task]
     prompts = [*benign, *borderline, *twins, *sensitive, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)
     keep = [bool(a.strip()) for a in answers]
@@ -262,6 +275,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
             "repeat": max(1, cfg.self_answer_repeat),
             "dropped_as_refusals": refusing,
         },
+        "gold_task": f"{cfg.gold_task_source} (train, dataset answers) x{len(gold_task)}" if gold_task else None,
         "evaluation_prompts_removed": removed,
         "evaluation_only_sources_never_trained_on": list(cfg.evaluation_sources),
         "samples": len(records),
