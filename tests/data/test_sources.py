@@ -574,3 +574,23 @@ def test_real_training_sets() -> None:
     assert all(r.meta == {"prompt_harmful": True} for r in real("safeinstr", "train"))
     dolly = real("dolly", "safety_387")
     assert Counter(r.meta["category"] for r in dolly)["general_qa"] == 114
+
+
+def test_a_hub_only_split_offline_names_the_splits_the_data_directory_holds(tmp_path: Path) -> None:
+    # Alpaca's "train" is the full hub set; a data directory holds only its 1k sample (the shared layout).
+    under(tmp_path, "instruction_data/alpaca_data_1k.json").write_text(
+        json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]), encoding="utf-8"
+    )
+    assert [r.response for r in load_source("alpaca", data_dir=tmp_path, split="1k")] == ["Hi."]
+    with pytest.raises(DataError) as caught:
+        load_source("alpaca", data_dir=tmp_path, split="train")
+    err = caught.value
+    assert "split 'train' is only on the Hugging Face hub" in err.message and "offline mode" in err.message
+    assert "pass a local data directory" not in err.message  # one was passed: that advice would mislead
+    assert err.hint is not None and "holds its split(s) 1k:" in err.hint and "--task_split 1k" in err.hint
+    assert "safety_1904" not in err.hint  # only the splits whose files are there
+
+
+def test_a_hub_only_split_without_any_local_split_keeps_the_hub_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="pass a local data directory"):
+        load_source("alpaca", data_dir=tmp_path, split="train")

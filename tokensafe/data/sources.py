@@ -751,6 +751,15 @@ def _read(
         except DataError as err:
             if local is not None:
                 raise DataError(f"no local copy at {local}, and {err}") from err
+            on_disk = [name for name, f in spec.files.items() if root is not None and (root / f.path).is_file()]
+            if on_disk:  # the usual slip: a hub-only split asked for while the data directory holds other splits
+                reason = err.message.split("; ")[0]  # read_hub's advice (pass a data directory) is wrong here
+                raise DataError(
+                    f"source '{spec.name}' split '{split}' is only on the Hugging Face hub, which could not be read"
+                    f" ({reason})",
+                    hint=f"the data directory {root} holds its split(s) {', '.join(on_disk)}: ask for one of "
+                    f"those (e.g. --task_split {on_disk[0]} for a task, split={on_disk[0]!r} in Python)",
+                ) from err
             raise
         if spec.hub_filter is not None:
             rows = [row for row in rows if not isinstance(row, dict) or spec.hub_filter(row)]
