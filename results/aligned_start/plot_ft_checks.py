@@ -31,7 +31,7 @@ STYLE = {  # label -> (colour, label offset in points): one colour per start in 
     "aligned_deep (lr 3e-5, headline)": ("tab:blue", (-10, -14)),
     "lr 6e-5": ("tab:orange", (6, -12)),
     "lr 1e-4 (deep_robust)": ("tab:red", (6, -12)),
-    "+ 200 GSM8K rows (deep_gsm8k)": ("tab:green", (6, 4)),
+    "+ 200 GSM8K rows (deep_gsm8k)": ("tab:green", (-6, -16)),
 }
 # harmful_val after poisoned FT of aligned_deep was measured on the p10 experiment's SFT model under another name.
 ALIASES = {"ft_pois_al_deepfull": ["ft_pois_deep"]}
