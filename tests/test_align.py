@@ -157,6 +157,18 @@ def test_gold_task_rows_are_trained_on_with_the_dataset_answers_and_never_genera
     assert {r.id for r in gold} < {r.id for r in more if r.source == "align_gold_task"}
 
 
+@pytest.mark.parametrize("field", ["task_source", "gold_task_source"])
+def test_a_task_source_without_a_train_split_is_refused_when_the_config_is_built(field):
+    from tokensafe.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        AlignConfig(**{field: "jbb_harmful"})
+    assert caught.value.field == field
+    assert caught.value.one_line() == (
+        f"{field}: source 'jbb_harmful' has no split 'train' — choose one of harmful (or none for the default)"
+    )
+
+
 def test_sample_part_is_prefix_stable_and_independent_per_part():
     records = [chat(f"prompt {i}") for i in range(50)]
     small = align.sample_part(records, 5, seed=0, part="benign")

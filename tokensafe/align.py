@@ -140,8 +140,9 @@ class AlignConfig(PreferenceArgs, LoraArgs, OptimArgs):
         check_source(self.harmful_prompt_source, "harmful_prompt_source")
         check_source(self.safe_answer_source, "safe_answer_source")
         check_source(self.benign_source, "benign_source")
-        check_source(self.task_source, "task_source")
-        check_source(self.gold_task_source, "gold_task_source")
+        # Both are read from their "train" split (build_alignment_records): check it here, before any model loads.
+        check_source(self.task_source, "task_source", split="train", split_field="task_source")
+        check_source(self.gold_task_source, "gold_task_source", split="train", split_field="gold_task_source")
         for name in self.evaluation_sources:
             check_source(name, "evaluation_sources")
         if self.task_answers != "self" and self.task_source is not None and self.n_task > 0:
