@@ -359,7 +359,7 @@ def test_offline_without_data_dir_raises_the_hub_error() -> None:
         load_source("sst2", split="dev")
     message = str(info.value)
     assert "stanfordnlp/sst2 split 'validation'" in message and "hub is unreachable" in message
-    assert "--data-dir or TOKENSAFE_DATA_DIR" in message
+    assert "--data-dir or TOKENSAFE_DATA_DIR" in info.value.one_line()
 
 
 def test_offline_with_a_data_dir_lacking_the_file_names_both(tmp_path: Path) -> None:
@@ -592,5 +592,7 @@ def test_a_hub_only_split_offline_names_the_splits_the_data_directory_holds(tmp_
 
 
 def test_a_hub_only_split_without_any_local_split_keeps_the_hub_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="pass a local data directory"):
+    with pytest.raises(DataError, match="offline mode is set") as caught:
         load_source("alpaca", data_dir=tmp_path, split="train")
+    assert caught.value.hint is not None and caught.value.hint.startswith("pass a local data directory")
+    assert "offline mode is set) — pass a local data directory" in caught.value.one_line()

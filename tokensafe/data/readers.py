@@ -111,17 +111,18 @@ def read_hub(dataset_id: str, *, split: str, config: str | None = None) -> list[
     """Load one split of a Hugging Face hub dataset as a list of row dicts.
 
     Raises:
-        DataError: when the hub must not or cannot be contacted, telling the user to pass a local data directory
-            instead -- the usual situation on offline clusters and in CI.
+        DataError: when the hub must not or cannot be contacted -- the usual situation on offline clusters and in
+            CI. The advice to pass a local data directory is the error's ``hint`` (not its message), so a caller
+            that knows better advice (a data directory was passed but lacks this split) replaces it.
     """
     what = f"{dataset_id}" + (f" (config {config})" if config else "") + f" split '{split}'"
     advice = f"pass a local data directory (--data-dir or {DATA_DIR_ENV}) that holds a copy of this dataset"
     if hub_offline():
-        raise DataError(f"cannot load {what}: the Hugging Face hub is unreachable (offline mode is set); {advice}")
+        raise DataError(f"cannot load {what}: the Hugging Face hub is unreachable (offline mode is set)", hint=advice)
     try:
         import datasets  # deferred: importing datasets costs ~1 s and is not needed for local files
     except ImportError as err:  # pragma: no cover - datasets is a hard dependency
-        raise DataError(f"cannot load {what}: the 'datasets' package is not installed; {advice}") from err
+        raise DataError(f"cannot load {what}: the 'datasets' package is not installed", hint=advice) from err
     try:
         dataset = datasets.load_dataset(dataset_id, config, split=split)
     except FileNotFoundError as err:  # datasets' DatasetNotFoundError / DataFilesNotFoundError (OSError subclasses)
@@ -129,7 +130,7 @@ def read_hub(dataset_id: str, *, split: str, config: str | None = None) -> list[
     except (ConnectionError, TimeoutError, OSError) as err:
         # datasets turns a failed HEAD request into ConnectionError("Couldn't reach ... on the Hub"); other
         # network failures surface as OSError subclasses.
-        raise DataError(f"cannot load {what}: the Hugging Face hub is unreachable ({err}); {advice}") from err
+        raise DataError(f"cannot load {what}: the Hugging Face hub is unreachable ({err})", hint=advice) from err
     except Exception as err:  # a missing dataset/config/split: report it in the same shape, keep the cause
         raise DataError(f"cannot load {what} from the Hugging Face hub: {type(err).__name__}: {err}") from err
     return [dict(row) for row in dataset]

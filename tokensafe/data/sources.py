@@ -750,13 +750,13 @@ def _read(
             rows = read_hub(spec.hub_id, split=hub_split, config=spec.hub_config)
         except DataError as err:
             if local is not None:
-                raise DataError(f"no local copy at {local}, and {err}") from err
+                raise DataError(f"no local copy at {local}, and {err}", hint=err.hint) from err
             on_disk = [name for name, f in spec.files.items() if root is not None and (root / f.path).is_file()]
             if on_disk:  # the usual slip: a hub-only split asked for while the data directory holds other splits
-                reason = err.message.split("; ")[0]  # read_hub's advice (pass a data directory) is wrong here
+                # read_hub's hint (pass a data directory) is wrong here: one was passed; its message is kept
                 raise DataError(
                     f"source '{spec.name}' split '{split}' is only on the Hugging Face hub, which could not be read"
-                    f" ({reason})",
+                    f" ({err.message})",
                     hint=f"the data directory {root} holds its split(s) {', '.join(on_disk)}: ask for one of "
                     f"those (e.g. --task_split {on_disk[0]} for a task, split={on_disk[0]!r} in Python)",
                 ) from err
