@@ -8,13 +8,21 @@
 #   scripts/headline.sh --list                                       # the queue, without running anything
 #   scripts/headline.sh --pending                                    # the items a start would visit (finished skipped)
 #
-# Needs the starting model first: tokensafe align --config configs/align/deep.yaml --data_dir ../shared/data
-# Environment: DATA_DIR (default ../shared/data), NICE (default 5), COMMIT (default 1; 0 leaves git alone).
+# The starting model (aligned_deep) is built first when the cache lacks it (a replaced machine: ~22-30 min,
+# `tokensafe align --config configs/align/deep.yaml`). Its build is bit-reproducible on the same software; if the
+# rebuilt fingerprint is not the one the committed rows name, the queue stops (every finished run would be redone
+# on another start): set NEW_START=1 to accept that.
+# Environment: DATA_DIR (default ../shared/data), NICE (default 5), COMMIT (default 1; 0 leaves git alone),
+# NEW_START (default 0).
 set -u
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data}
 NICE=${NICE:-5}
 COMMIT=${COMMIT:-1}
+NEW_START=${NEW_START:-0}
+START=aligned_deep
+START_CONFIG=configs/align/deep.yaml
+START_RESULTS=results/gsm8k_beavertails_p10/results.json  # the first table: its start is every table's start
 
 # experiment:run-pattern, in order: seed 0 of the GSM8K table; the second seed of SFT and of the PACT variant (the
 # one defence that wins there on seed 0: one seed is not a finding); the two small tables (gsm8k_clean, the sweep);
@@ -73,6 +81,26 @@ if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${QUEUE[@]}"
   exit 0
 fi
+
+# The start: built when missing, then its fingerprint checked against the committed rows' (a wrong start would turn
+# every finished row into a pending one).
+start_fingerprint() {
+  .venv/bin/python -c "from tokensafe.models import model_fingerprint; print(model_fingerprint('${START}'))" 2>/dev/null
+}
+recorded=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['starting_model']['fingerprint'])" \
+  "${START_RESULTS}" 2>/dev/null)
+current=$(start_fingerprint)
+if [[ -z "${current}" && "${1:-}" != "--pending" ]]; then
+  echo "=== $(date -u +%FT%TZ) the starting model ${START} is not in the cache: building it (${START_CONFIG})"
+  nice -n "${NICE}" .venv/bin/tokensafe align --config "${START_CONFIG}" --data_dir "${DATA_DIR}" || exit $?
+  current=$(start_fingerprint)
+fi
+if [[ -n "${current}" && -n "${recorded}" && "${current}" != "${recorded}" && "${NEW_START}" != 1 ]]; then
+  echo "=== ${START} is ${current}, but the committed rows were measured on ${recorded}: every finished run would be" \
+    "redone. Stopping; set NEW_START=1 to run the tables on this start."
+  exit 3
+fi
+[[ -n "${current}" ]] && echo "=== start ${START} ${current} (committed rows: ${recorded:-none})"
 
 # The runs still to do, by one planning pass per experiment (seconds each): a queue item none of whose runs is
 # pending is skipped without starting its worker (a visit to a finished run costs ~15 s of model loading).

@@ -180,3 +180,31 @@ def test_the_headline_queue_covers_every_run_of_the_shipped_headline_experiments
         assert all(any(fnmatch.fnmatchcase(i, p) for i in ids) for p in patterns), name
         matched = {i: sum(fnmatch.fnmatchcase(i, p) for p in patterns) for i in ids}
         assert set(matched.values()) == {1}, {i: n for i, n in matched.items() if n != 1}
+
+
+def test_the_headline_queue_stops_when_the_cached_start_is_not_the_one_the_committed_rows_name(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A start rebuilt with another fingerprint would turn every finished row into a pending one (hours of runs
+    redone on another model): scripts/headline.sh says so and stops before planning anything."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from tokensafe.models import model_fingerprint
+
+    root = CONFIG_DIR.parents[1]
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "aligned_deep")
+    env = {**os.environ, "TOKENSAFE_CACHE_DIR": str(tmp_path), "COMMIT": "0"}
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "headline.sh")], capture_output=True, text=True, cwd=root, env=env, timeout=120
+    )
+    recorded = json.loads((root / "results/gsm8k_beavertails_p10/results.json").read_text())["starting_model"]
+    current = model_fingerprint("aligned_deep", tmp_path)
+    assert current != recorded["fingerprint"]
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert (
+        f"aligned_deep is {current}, but the committed rows were measured on {recorded['fingerprint']}" in done.stdout
+    )
+    assert "runs pending" not in done.stdout  # stopped before the listing and before any run
