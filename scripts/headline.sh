@@ -23,6 +23,8 @@ NEW_START=${NEW_START:-0}
 START=aligned_deep
 START_CONFIG=configs/align/deep.yaml
 START_RESULTS=results/gsm8k_beavertails_p10/results.json  # the first table: its start is every table's start
+# results/overview.md (every defence on every setting), regenerated with each committed run
+OVERVIEW_SOURCES=(results/gsm8k_beavertails_p10 results/gsm8k_clean results/poison_sweep results/sst2_advbench_p10)
 
 # experiment:run-pattern, in order: seed 0 of the GSM8K table; the second seed of SFT and of the PACT variant (the
 # one defence that wins there on seed 0: one seed is not a finding); the two small tables (gsm8k_clean, the sweep);
@@ -146,7 +148,9 @@ for item in "${QUEUE[@]}"; do
   # Only when a row or an illustration changed: a visit to a finished run rewrites the tables with a new "updated"
   # time and nothing else, which is not worth a commit.
   if [[ "${COMMIT}" == 1 ]] && [[ -n "$(git status --porcelain -- "results/${name}/runs.jsonl" "results/${name}/artifacts.json")" ]]; then
-    git add -- "results/${name}" && git commit -q -m "Headline ${name}: ${pattern} (scripts/headline.sh)" -- "results/${name}"
+    .venv/bin/python -m tokensafe.experiment.overview "${OVERVIEW_SOURCES[@]}" --out results/overview.md
+    git add -- "results/${name}" results/overview.md \
+      && git commit -q -m "Headline ${name}: ${pattern} (scripts/headline.sh)" -- "results/${name}" results/overview.md
   fi
   if [[ ${rc} -ge 128 ]]; then  # killed by a signal: stop the queue too
     exit "${rc}"
