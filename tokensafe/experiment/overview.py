@@ -52,15 +52,7 @@ def short_verdict(judgement: Judgement) -> str:
         return {"reference (perfect filter)": "reference", "not safer than SFT": "not safer"}.get(
             verdict, "not judged"
         )
-    misses = []
-    if judgement.small_drop:
-        misses.append("small drop")
-    # judge_row words each missed promise as "<suite> +x points over Initial" or "<suite> ... vs SFT".
-    if any(failure.endswith("over Initial") for failure in judgement.failures):
-        misses.append("over-refuses")
-    if any(failure.endswith("vs SFT") for failure in judgement.failures):
-        misses.append("loses task")
-    return "safer · " + ", ".join(misses)
+    return "safer · " + ", ".join(judgement.missed)
 
 
 def read_columns(results_dirs: Sequence[str | Path]) -> list[Column]:
