@@ -167,6 +167,10 @@ def test_the_demo_runs_end_to_end_offline_and_reuses_its_work(tmp_path, tiny_mod
         if run["row"] not in ("Initial", "SFT"):
             assert set(run["vs_sft"]) == set(SUITES) - {"gold_loss"}  # McNemar against SFT on the same prompts
     assert data["artifacts"]["pact_safety_tokens"] and data["artifacts"]["toss_token_view"]
+    views = data["artifacts"]["toss_token_views"]  # both TOSS-family rows', on the same comparison samples
+    assert [view["label"] for view in views] == ["TOSS", f"TOSS + {PACT_LABEL}"]
+    compared = [[s["sample_id"] for s in view["samples"] if s["picked"] == "compare"] for view in views]
+    assert compared[0] and compared[0] == compared[1]
     html = (results_dir / "report.html").read_text(encoding="utf-8")
     markdown = (results_dir / "results.md").read_text(encoding="utf-8")
     assert (results_dir / "pareto.png").stat().st_size > 0

@@ -184,6 +184,61 @@ def test_safety_tokens_of_runs_finished_before_they_were_kept_are_read_from_thei
     ]
 
 
+def _view(sample_id: str) -> list[dict]:
+    return [
+        {
+            "sample_id": sample_id,
+            "is_harmful": True,
+            "picked": "compare",
+            "tokens": ["Sure"],
+            "scores": [0.5],
+            "kept": [False],
+        }
+    ]
+
+
+def test_every_toss_rows_token_view_is_kept_in_matrix_order_and_goes_with_a_stale_row(make_config, tmp_path):
+    artifacts = {
+        "s/rand/seed0": {"toss_token_view": _view("b")},
+        "s/sft/seed0": {"toss_token_view": _view("a")},
+    }
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker(artifacts=artifacts))
+    results_file = tmp_path / "results" / "exp" / "results.json"
+    views = json.loads(results_file.read_text())["artifacts"]["toss_token_views"]
+    assert views == [
+        {"run": "s/sft/seed0", "label": "SFT", "setting": "s", "samples": _view("a")},
+        {"run": "s/rand/seed0", "label": "Random", "setting": "s", "samples": _view("b")},
+    ]
+    rows = [*ROWS[:2], {**ROWS[2], "options": {"sample_rho": 0.3}}]
+    run_experiment(make_config(rows=rows, seeds=[0], only=["initial"]), executor=FakeWorker())
+    assert [v["run"] for v in json.loads(results_file.read_text())["artifacts"]["toss_token_views"]] == ["s/sft/seed0"]
+
+
+def test_token_views_of_runs_finished_before_they_were_kept_are_built_from_the_toss_caches(
+    make_config, tmp_path, monkeypatch, capsys
+):
+    from tokensafe.experiment import runner
+
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker())
+    results_file = tmp_path / "results" / "exp" / "results.json"
+    assert json.loads(results_file.read_text())["artifacts"]["toss_token_views"] == []
+
+    def build(plan):
+        if plan.id == "s/oracle/seed0":
+            raise FileNotFoundError("toss scores gone")
+        return _view(plan.id) if plan.id == "s/sft/seed0" else None
+
+    monkeypatch.setattr(runner, "toss_view_artifact", build)
+    again = FakeWorker()
+    run_experiment(make_config(seeds=[0]), executor=again)
+    assert again.calls == []  # nothing is rerun to build them
+    views = json.loads(results_file.read_text())["artifacts"]["toss_token_views"]
+    assert [(v["run"], v["samples"]) for v in views] == [("s/sft/seed0", _view("s/sft/seed0"))]
+    assert "s/oracle/seed0: no toss_token_view for the report (FileNotFoundError: toss scores gone)" in (
+        capsys.readouterr().out
+    )
+
+
 def test_a_changed_start_names_both_fingerprints():
     from tokensafe.experiment.runner import describe_spec_changes
 
@@ -282,7 +337,12 @@ def test_results_json_follows_the_schema(make_config, tmp_path):
         "label": "JBB ASR",
     }
     assert results["suites"]["gsm8k"]["lower_is_better"] is False and results["suites"]["gold_loss"]["n"] == 4
-    assert set(results["artifacts"]) == {"pact_safety_tokens", "toss_token_view", "pact_safety_token_sets"}
+    assert set(results["artifacts"]) == {
+        "pact_safety_tokens",
+        "toss_token_view",
+        "pact_safety_token_sets",
+        "toss_token_views",
+    }
     runs = {run["id"]: run for run in results["runs"]}
     assert list(runs) == ALL
     for run in runs.values():

@@ -392,3 +392,36 @@ def test_zero_weight_safety_tokens_are_listed_on_one_line_after_the_weighted_one
     assert table.index("2526") < table.index("22657") and "288" not in table
     assert "2 more with weight 0:" in rest and " to</code>" in rest and "&lt;script&gt;" in rest
     assert "<script" not in page
+
+
+def test_every_toss_rows_view_shows_the_same_answers_side_by_side(tmp_path: Path) -> None:
+    results = fixture()
+    harmful, benign = (dict(s) for s in results["artifacts"]["toss_token_view"][:2])
+    raw = {**harmful, "picked": "compare"}
+    # The smoothed row keeps the opener (first four tokens) and drops the last two instead: 6 of 16 dropped.
+    smooth = {**harmful, "picked": "compare", "kept": [True] * 4 + harmful["kept"][4:14] + [False, False]}
+    risky = {**benign, "sample_id": f"gsm8k/{EVIL}", "picked": "riskiest"}
+    results["artifacts"]["toss_token_views"] = [
+        {"run": "a/toss/seed0", "label": "TOSS raw", "setting": "a", "samples": [raw, risky]},
+        {"run": "a/smooth/seed0", "label": "TOSS smoothed", "setting": "a", "samples": [smooth]},
+    ]
+    page = write(tmp_path, results)["html"].read_text(encoding="utf-8")
+    view = page[page.index("<h2>TOSS token-risk view</h2>") :]
+    # One comparison block for the sample, one line per row, each with its own drops.
+    assert view.count("beavertails/00017") == 1
+    first, second = view.index("<b>TOSS raw</b>"), view.index("<b>TOSS smoothed</b>")
+    assert first < second < view.index("<details")
+    assert "dropped 8/16" in view[first:second] and "dropped 6/16" in view[second:]
+    expected_drops = 8 + 6 + sum(not k for k in benign["kept"])
+    assert view.count("class='t drop'") == expected_drops
+    # The riskiest samples sit under their row, escaped.
+    assert "TOSS raw: its riskiest samples by mean score" in view
+    assert f"gsm8k/{html.escape(EVIL)}" in view and EVIL not in view
+
+
+def test_results_without_per_row_views_show_the_one_view_they_have(tmp_path: Path) -> None:
+    results = fixture()
+    results["artifacts"]["toss_token_views"] = []
+    page = write(tmp_path, results)["html"].read_text(encoding="utf-8")
+    view = page[page.index("<h2>TOSS token-risk view</h2>") :]
+    assert "beavertails/00017" in view and "dropped 8/16" in view and "<b>TOSS" not in view

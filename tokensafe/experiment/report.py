@@ -917,6 +917,7 @@ code.tok { white-space: pre; background: #eef2ff; border-radius: 3px; padding: 0
 .bar { display: inline-block; height: 0.8em; background: #6366f1; border-radius: 2px; vertical-align: middle; }
 .sample { border: 1px solid #e5e7eb; border-radius: 6px; padding: 0.6em 1em; margin: 0.8em 0; }
 .meta { color: #555; font-size: 0.85em; margin-bottom: 0.4em; }
+.ranking { margin: 0.4em 0 0.6em 0; }
 .response { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; white-space: pre-wrap; line-height: 1.8; }
 .t { border-radius: 2px; }
 .drop { text-decoration: line-through; text-decoration-thickness: 2px; }
@@ -1018,46 +1019,131 @@ def pact_token_sets_html(artifacts: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def toss_view_html(samples: Any) -> str:
-    """The TOSS token-risk view of the recorded samples, tokens rendered by :mod:`tokensafe.toss.view`."""
-    entries = [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
-    if not entries:
-        return "<p class='note'>No TOSS token view in this experiment (no TOSS row, or not recorded).</p>"
-    views = []
-    for sample in entries:
-        tokens = [str(t) for t in sample.get("tokens") or []]
-        scores = sample.get("scores") or []
-        kept = sample.get("kept") or []
-        items = []
-        for j, text in enumerate(tokens):
-            score = float(scores[j]) if j < len(scores) and _finite(scores[j]) else math.nan
-            # The results file keeps the score only: the two losses behind it show as nan in the tooltip.
-            dropped = j < len(kept) and kept[j] is False
-            items.append(TokenView(text, score, math.nan, math.nan, dropped))
-        views.append((sample, items))
-    all_scores = [abs(t.score) for _, items in views for t in items if math.isfinite(t.score)]
-    scale = float(np.quantile(all_scores, 0.98)) if all_scores else 1.0
-    parts = [
+def _token_items(sample: dict[str, Any]) -> list[TokenView]:
+    """A recorded sample's tokens as :class:`TokenView` (the results file keeps the score only: the two losses
+    behind it show as nan in the tooltip)."""
+    tokens = [str(t) for t in sample.get("tokens") or []]
+    scores = sample.get("scores") or []
+    kept = sample.get("kept") or []
+    items = []
+    for j, text in enumerate(tokens):
+        score = float(scores[j]) if j < len(scores) and _finite(scores[j]) else math.nan
+        dropped = j < len(kept) and kept[j] is False
+        items.append(TokenView(text, score, math.nan, math.nan, dropped))
+    return items
+
+
+def _samples(value: Any) -> list[dict[str, Any]]:
+    return [s for s in value if isinstance(s, dict)] if isinstance(value, list) else []
+
+
+def _colour_scale(samples: Sequence[dict[str, Any]]) -> float:
+    """|score| at which the colour saturates: the 98th percentile over every shown token (one scale per section, so
+    two rankings of the same answer compare by colour)."""
+    values = [abs(t.score) for s in samples for t in _token_items(s) if math.isfinite(t.score)]
+    return float(np.quantile(values, 0.98)) if values else 1.0
+
+
+def _toss_key(scale: float) -> str:
+    return (
         "<p class='key'>score = l_U &minus; l_D (nats): "
         f"<span style='background: rgba({SAFE_RGB[0]},{SAFE_RGB[1]},{SAFE_RGB[2]},0.6)'>safe (&lt; 0)</span>"
         f"<span style='background: rgba({RISKY_RGB[0]},{RISKY_RGB[1]},{RISKY_RGB[2]},0.6)'>risky (&gt; 0)</span>"
         f"<span class='drop'>dropped</span> colour saturates at |score| = {scale:.2f}; hover a token for its score."
         "</p>"
-    ]
-    for sample, items in views:
-        scored = [t.score for t in items if math.isfinite(t.score)]
-        mean = f"{np.mean(scored):+.3f}" if scored else NONE
-        dropped = sum(t.dropped for t in items)
-        label = sample.get("is_harmful")
-        kind = "harmful" if label is True else "benign" if label is False else "unlabelled"
-        meta = (
-            f"{html_text(str(sample.get('sample_id', '?')))} &middot; {kind} &middot; mean score {mean} &middot; "
-            f"dropped {dropped}/{len(items)}"
-        )
-        tokens_html = "".join(token_html(t, scale) for t in items)
+    )
+
+
+def _sample_kind(sample: dict[str, Any]) -> str:
+    label = sample.get("is_harmful")
+    return "harmful" if label is True else "benign" if label is False else "unlabelled"
+
+
+def _sample_counts(items: Sequence[TokenView]) -> str:
+    scored = [t.score for t in items if math.isfinite(t.score)]
+    mean = f"{np.mean(scored):+.3f}" if scored else NONE
+    return f"mean score {mean} &middot; dropped {sum(t.dropped for t in items)}/{len(items)}"
+
+
+def _sample_html(sample: dict[str, Any], scale: float) -> str:
+    items = _token_items(sample)
+    meta = (
+        f"{html_text(str(sample.get('sample_id', '?')))} &middot; {_sample_kind(sample)} &middot; "
+        f"{_sample_counts(items)}"
+    )
+    tokens_html = "".join(token_html(t, scale) for t in items)
+    return f"<div class='sample'><div class='meta'>{meta}</div><div class='response'>{tokens_html}</div></div>"
+
+
+def toss_view_html(samples: Any) -> str:
+    """The TOSS token-risk view of one run's recorded samples, tokens rendered by :mod:`tokensafe.toss.view`."""
+    entries = _samples(samples)
+    if not entries:
+        return "<p class='note'>No TOSS token view in this experiment (no TOSS row, or not recorded).</p>"
+    scale = _colour_scale(entries)
+    return "\n".join([_toss_key(scale), *(_sample_html(sample, scale) for sample in entries)])
+
+
+def _side_by_side_html(views: Sequence[dict[str, Any]], scale: float) -> list[str]:
+    """Each comparison sample once, with one line per TOSS row: which tokens that row's ranking drops."""
+    order: list[str] = []
+    by_sample: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for view in views:
+        for sample in _samples(view.get("samples")):
+            if sample.get("picked") != "compare":
+                continue
+            sample_id = str(sample.get("sample_id", "?"))
+            if sample_id not in by_sample:
+                order.append(sample_id)
+            by_sample.setdefault(sample_id, []).append((str(view.get("label", "?")), sample))
+    parts = []
+    for sample_id in order:
+        rows = by_sample[sample_id]
+        lines = []
+        for label, sample in rows:
+            items = _token_items(sample)
+            tokens_html = "".join(token_html(t, scale) for t in items)
+            lines.append(
+                f"<div class='ranking'><div class='meta'><b>{html_text(label)}</b> &middot; {_sample_counts(items)}"
+                f"</div><div class='response'>{tokens_html}</div></div>"
+            )
         parts.append(
-            f"<div class='sample'><div class='meta'>{meta}</div><div class='response'>{tokens_html}</div></div>"
+            f"<div class='sample'><div class='meta'>{html_text(sample_id)} &middot; {_sample_kind(rows[0][1])}</div>"
+            + "".join(lines)
+            + "</div>"
         )
+    return parts
+
+
+def toss_views_html(views: Any) -> str:
+    """Every TOSS-family row's token-risk view (``artifacts.toss_token_views``), by setting: the same first samples
+    of the fine-tuning set under each row's ranking side by side, then each row's riskiest samples."""
+    entries = [v for v in views if isinstance(v, dict)] if isinstance(views, list) else []
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for view in entries:
+        settings.setdefault(str(view.get("setting") or ""), []).append(view)
+    parts = []
+    for setting, group in settings.items():
+        scale = _colour_scale([s for v in group for s in _samples(v.get("samples"))])
+        if len(settings) > 1 or setting:
+            parts.append(f"<h3>{html_text(setting)}</h3>")
+        parts.append(_toss_key(scale))
+        side = _side_by_side_html(group, scale)
+        if side:
+            labels = ", ".join(str(v.get("label", "?")) for v in group)
+            parts.append(
+                "<p class='desc'>The first samples of the fine-tuning set under each TOSS row's ranking "
+                f"({html_text(labels)}): struck-through tokens are the ones that row leaves out of the loss.</p>"
+            )
+            parts += side
+        for view in group:
+            riskiest = [s for s in _samples(view.get("samples")) if s.get("picked") != "compare"]
+            if riskiest:
+                samples_html = "".join(_sample_html(s, scale) for s in riskiest)
+                parts.append(
+                    f"<details class='seeds'><summary>{html_text(str(view.get('label', '?')))}: its riskiest samples "
+                    f"by mean score</summary>{samples_html}</details>"
+                )
     return "\n".join(parts)
 
 
@@ -1111,7 +1197,9 @@ def html_report(
     parts.append(provenance_html(results))
     artifacts = results.get("artifacts") or {}
     parts += ["<h2>PACT safety tokens</h2>", pact_token_sets_html(artifacts)]
-    parts += ["<h2>TOSS token-risk view</h2>", toss_view_html(artifacts.get("toss_token_view"))]
+    views = artifacts.get("toss_token_views")
+    toss_html = toss_views_html(views) if views else toss_view_html(artifacts.get("toss_token_view"))
+    parts += ["<h2>TOSS token-risk view</h2>", toss_html]
     parts.append("</body></html>")
     return "\n".join(parts)
 

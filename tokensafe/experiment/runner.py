@@ -53,7 +53,13 @@ from tokensafe.experiment.matrix import matches
 from tokensafe.experiment.plan import ExperimentPlan, RunPlan, plan_experiment
 from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_test, reduction_share
 from tokensafe.experiment.status import Board, duration
-from tokensafe.experiment.worker import ARTIFACT_KINDS, OUTCOME_FILE, execute, pact_tokens_artifact
+from tokensafe.experiment.worker import (
+    ARTIFACT_KINDS,
+    OUTCOME_FILE,
+    execute,
+    pact_tokens_artifact,
+    toss_view_artifact,
+)
 from tokensafe.faults import maybe_kill
 
 RESULTS_FORMAT = 1
@@ -63,6 +69,8 @@ STATUS_FILE = "status.md"
 PROMPT_IDS_FILE = "prompt_ids.json"
 ARTIFACTS_FILE = "artifacts.json"
 PACT_TOKENS_BY_RUN = "pact_safety_tokens_by_run"  # artifacts.json: every PACT-family run's tokens, by run id
+TOSS_VIEWS_BY_RUN = "toss_token_views_by_run"  # artifacts.json: every TOSS-family run's token-risk view, by run id
+BY_RUN = {"pact_safety_tokens": PACT_TOKENS_BY_RUN, "toss_token_view": TOSS_VIEWS_BY_RUN}
 LOG_FILE = "log.txt"
 REFRESH_SECONDS = 30.0  # status.md refresh while a run is going
 
@@ -418,6 +426,7 @@ def build_results(
         "artifacts": {
             **{name: _current_artifact(artifacts.get(name), current) for name in ARTIFACT_KINDS},
             "pact_safety_token_sets": pact_token_sets(plan, artifacts.get(PACT_TOKENS_BY_RUN) or {}, current),
+            "toss_token_views": toss_token_views(plan, artifacts.get(TOSS_VIEWS_BY_RUN) or {}, current),
         },
         "status": {
             "done": len(runs),
@@ -444,6 +453,19 @@ def pact_token_sets(plan: ExperimentPlan, by_run: dict[str, Any], current: dict[
         if p.label not in entry["labels"]:
             entry["labels"].append(p.label)
     return list(sets.values())
+
+
+def toss_token_views(plan: ExperimentPlan, by_run: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """The token-risk view of every current TOSS-family run, in matrix order:
+    ``[{"run": run id, "label": row label, "setting": setting name, "samples": [...]}]`` (samples as
+    :func:`~tokensafe.experiment.worker.toss_view_artifact` writes them)."""
+    views = []
+    for p in plan.runs:
+        samples = by_run.get(p.id)
+        if p.id in current and samples:
+            setting = (p.setting or {}).get("name")
+            views.append({"run": p.id, "label": p.label, "setting": setting, "samples": samples})
+    return views
 
 
 def _current_artifact(held: dict[str, Any] | None, current: dict[str, Any]) -> Any:
@@ -581,18 +603,25 @@ class Experiment:
         self._take_artifacts(plan, outcome)
         return row
 
-    def fill_missing_pact_tokens(self) -> None:
-        """Read the safety tokens of finished PACT-family runs recorded before every run's tokens were kept (from
-        their model directories, when this machine still has them), so the report shows each variant's set."""
-        by_run = self.artifacts.setdefault(PACT_TOKENS_BY_RUN, {})
+    def fill_missing_artifacts(self) -> None:
+        """Build the per-run artifacts (PACT safety tokens, TOSS token-risk views) of finished runs recorded before
+        every run's were kept, from their model directories and TOSS caches when this machine still has them, so the
+        report shows each variant's tokens and view. A run whose sources are gone keeps no entry."""
+        builders = {"pact_safety_tokens": pact_tokens_artifact, "toss_token_view": toss_view_artifact}
         found = False
-        for p in self.plan.runs:
-            row = self.rows.get(p.id)
-            if p.id in by_run or row is None or row.get("digest") != p.digest:
-                continue
-            tokens = pact_tokens_artifact(p)
-            if tokens:
-                by_run[p.id], found = tokens, True
+        for name, build in builders.items():
+            by_run = self.artifacts.setdefault(BY_RUN[name], {})
+            for p in self.plan.runs:
+                row = self.rows.get(p.id)
+                if p.id in by_run or row is None or row.get("digest") != p.digest:
+                    continue
+                try:
+                    data = build(p)
+                except Exception as exc:  # noqa: BLE001 - an illustration must not stop the experiment
+                    print(f"[experiment] {p.id}: no {name} for the report ({type(exc).__name__}: {exc})", flush=True)
+                    continue
+                if data:
+                    by_run[p.id], found = data, True
         if found:
             write_json(self.results_dir / ARTIFACTS_FILE, self.artifacts)
 
@@ -600,8 +629,8 @@ class Experiment:
         """Keep the first run's artifact (matrix order) of each kind; TOSS views prefer a plain TOSS run."""
         order = {p.id: i for i, p in enumerate(self.plan.runs)}
         for name, data in outcome.get("artifacts", {}).items():
-            if name == "pact_safety_tokens":
-                self.artifacts.setdefault(PACT_TOKENS_BY_RUN, {})[plan.id] = data
+            if name in BY_RUN:
+                self.artifacts.setdefault(BY_RUN[name], {})[plan.id] = data
             held = self.artifacts.get(name)
             rank = (plan.method != "toss", order.get(plan.id, len(order)))
             replace = held is None or held.get("run") == plan.id or held.get("run") not in order
@@ -664,7 +693,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
         print(f"[experiment] {cfg.name}: planning ...", flush=True)
         plan = plan_experiment(cfg)
         exp = Experiment(cfg, plan)
-        exp.fill_missing_pact_tokens()
+        exp.fill_missing_artifacts()
         if plan.heldout is not None:
             print(
                 f"[experiment] {ADVBENCH_HELDOUT}: {plan.heldout.kept} AdvBench prompts in no training set "

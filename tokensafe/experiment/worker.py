@@ -37,7 +37,10 @@ OUTCOME_FILE = "outcome.json"
 TRAIN_MARKER = "experiment_key.json"
 GOLD_DIR = "gold_loss"  # under the cache root
 ARTIFACT_KINDS = ("pact_safety_tokens", "toss_token_view")  # the illustrations a run may carry to the report
-TOSS_VIEW_SAMPLES = 2  # per class (harmful / benign) in the report's token-risk view
+TOSS_VIEW_SAMPLES = 2  # per class (harmful / benign): the run's riskiest samples by mean score
+# Per class: the first samples of the fine-tuning set, shown by every TOSS row of a setting, so the report can put
+# the rankings (raw, smoothed, TOSS-Pro, TOSS + PACT) side by side on the same answers.
+TOSS_COMPARE_SAMPLES = 2
 TOSS_VIEW_TOKENS = 80  # answer tokens shown per sample
 
 
@@ -191,8 +194,11 @@ def pact_tokens_artifact(plan: RunPlan) -> list[dict[str, Any]] | None:
 
 
 def toss_view_artifact(plan: RunPlan) -> list[dict[str, Any]] | None:
-    """A few samples' answer tokens with their TOSS scores and kept flags (the most and least risky harmful and
-    benign samples by mean score), or None for a run without token scores."""
+    """A few samples' answer tokens with their TOSS scores and kept flags, or None for a run without token scores.
+
+    Two picks per class (harmful / benign): ``"picked": "compare"`` for the first samples of the set (the same for
+    every TOSS row of a setting) and ``"picked": "riskiest"`` for the run's highest mean scores (those not already
+    shown)."""
     if plan.toss is None or plan.train is None or plan.method not in ("toss", "toss_pact"):
         return None
     import numpy as np
@@ -205,10 +211,14 @@ def toss_view_artifact(plan: RunPlan) -> list[dict[str, Any]] | None:
     for i in range(scores.n_samples):
         span = scores.score[scores.sample(i)]
         means[i] = float(span.mean()) if span.size else 0.0
-    chosen: list[int] = []
+    picked: dict[int, str] = {}
     for group in (np.flatnonzero(harmful), np.flatnonzero(~harmful)):
-        ranked = group[np.argsort(-means[group])]
-        chosen += [int(i) for i in ranked[:TOSS_VIEW_SAMPLES]]
+        for i in group[:TOSS_COMPARE_SAMPLES]:
+            picked[int(i)] = "compare"
+        riskiest = [int(i) for i in group[np.argsort(-means[group], kind="stable")] if int(i) not in picked]
+        for i in riskiest[:TOSS_VIEW_SAMPLES]:
+            picked[i] = "riskiest"
+    chosen = list(picked)
     views = build_views(dataset, scores, selection, tokenizer, chosen)
     out = []
     for index, view in zip(chosen, views, strict=True):
@@ -217,6 +227,7 @@ def toss_view_artifact(plan: RunPlan) -> list[dict[str, Any]] | None:
             {
                 "sample_id": view.sample_id,
                 "is_harmful": bool(harmful[index]),
+                "picked": picked[index],
                 "tokens": [t.text for t in tokens],
                 "scores": [None if t.score != t.score else round(float(t.score), 4) for t in tokens],  # NaN: context
                 "kept": [not t.dropped for t in tokens],
