@@ -32,11 +32,17 @@ class FakeWorker:
     """Stands in for the worker process; records the runs it was asked for."""
 
     def __init__(
-        self, *, fail: tuple[str, ...] = (), interrupt_at: int | None = None, artifacts: dict | None = None
+        self,
+        *,
+        fail: tuple[str, ...] = (),
+        interrupt_at: int | None = None,
+        artifacts: dict | None = None,
+        provenance: dict | None = None,
     ) -> None:
         self.calls: list[str] = []
         self.fail, self.interrupt_at = fail, interrupt_at
         self.artifacts = artifacts or {}  # run id -> the artifacts its outcome carries
+        self.provenance = provenance or {}  # run id -> its outcome's provenance
 
     def __call__(self, plan):
         self.calls.append(plan.id)
@@ -69,6 +75,7 @@ class FakeWorker:
             "wall_seconds": wall,
             "elapsed": 15.0,
             "artifacts": self.artifacts.get(plan.id, {}),
+            "provenance": self.provenance.get(plan.id),
         }
 
 
@@ -237,6 +244,34 @@ def test_token_views_of_runs_finished_before_they_were_kept_are_built_from_the_t
     assert "s/oracle/seed0: no toss_token_view for the report (FileNotFoundError: toss scores gone)" in (
         capsys.readouterr().out
     )
+
+
+def test_token_provenance_recorded_before_a_new_field_is_recomputed_and_nothing_else(
+    make_config, tmp_path, monkeypatch, capsys
+):
+    from tokensafe.experiment import runner
+
+    old = {"level": "token", "token_auc": 0.7}
+    sample = {"level": "sample", "token_auc": None}
+    provenance = {"s/sft/seed0": old, "s/oracle/seed0": old, "s/rand/seed0": sample}
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker(provenance=provenance))
+
+    def recompute(plan):
+        if plan.id == "s/oracle/seed0":
+            raise FileNotFoundError("toss scores gone")
+        return {**old, "harmful_opener_dropped": 0.9}
+
+    monkeypatch.setattr(runner, "run_provenance", recompute)
+    again = FakeWorker()
+    run_experiment(make_config(seeds=[0]), executor=again)
+    assert again.calls == []
+    results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())
+    found = {run["id"]: run.get("provenance") for run in results["runs"]}
+    assert found["s/sft/seed0"] == {**old, "harmful_opener_dropped": 0.9}
+    assert found["s/oracle/seed0"] == old  # its sources are gone: the recorded analysis stays
+    assert found["s/rand/seed0"] == sample  # sample level has no positions: not recomputed
+    assert "s/oracle/seed0: provenance not refreshed (FileNotFoundError: toss scores gone)" in capsys.readouterr().out
+    assert rows_of(tmp_path / "results" / "exp") == ["initial", "s/sft/seed0", "s/oracle/seed0", "s/rand/seed0"]
 
 
 def test_a_changed_start_names_both_fingerprints():

@@ -51,6 +51,7 @@ from tokensafe.errors import UsageError
 from tokensafe.experiment.config import ADVBENCH_HELDOUT, ExperimentConfig
 from tokensafe.experiment.matrix import matches
 from tokensafe.experiment.plan import ExperimentPlan, RunPlan, plan_experiment
+from tokensafe.experiment.provenance import run_provenance
 from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_test, reduction_share
 from tokensafe.experiment.status import Board, duration
 from tokensafe.experiment.worker import (
@@ -596,12 +597,23 @@ class Experiment:
         if seconds is not None:
             row["total_seconds"] = round(seconds, 1)
         self.rows[plan.id] = row
-        order = {p.id: i for i, p in enumerate(self.plan.runs)}
-        ordered = sorted(self.rows.values(), key=lambda r: order.get(r["id"], len(order)))
         write_json(self.results_dir / PROMPT_IDS_FILE, self.prompt_ids, indent=None)
-        write_jsonl(self.results_dir / RUNS_FILE, ordered)
+        self._write_rows()
         self._take_artifacts(plan, outcome)
         return row
+
+    def _write_rows(self) -> None:
+        """``runs.jsonl``: every recorded row, in matrix order (rows of runs no longer planned last)."""
+        order = {p.id: i for i, p in enumerate(self.plan.runs)}
+        ordered = sorted(self.rows.values(), key=lambda r: order.get(r["id"], len(order)))
+        write_jsonl(self.results_dir / RUNS_FILE, ordered)
+
+    def _finished(self) -> Iterator[tuple[RunPlan, dict[str, Any]]]:
+        """(plan, row) of every run whose recorded row has the plan's current settings, in matrix order."""
+        for p in self.plan.runs:
+            row = self.rows.get(p.id)
+            if row is not None and row.get("digest") == p.digest:
+                yield p, row
 
     def fill_missing_artifacts(self) -> None:
         """Build the per-run artifacts (PACT safety tokens, TOSS token-risk views) of finished runs recorded before
@@ -611,19 +623,27 @@ class Experiment:
         found = False
         for name, build in builders.items():
             by_run = self.artifacts.setdefault(BY_RUN[name], {})
-            for p in self.plan.runs:
-                row = self.rows.get(p.id)
-                if p.id in by_run or row is None or row.get("digest") != p.digest:
-                    continue
-                try:
-                    data = build(p)
-                except Exception as exc:  # noqa: BLE001 - an illustration must not stop the experiment
-                    print(f"[experiment] {p.id}: no {name} for the report ({type(exc).__name__}: {exc})", flush=True)
-                    continue
+            for p, _ in self._finished():
+                data = None if p.id in by_run else _analysis(p, build, f"no {name} for the report")
                 if data:
                     by_run[p.id], found = data, True
         if found:
             write_json(self.results_dir / ARTIFACTS_FILE, self.artifacts)
+
+    def refresh_provenance(self, fields: tuple[str, ...] = ("harmful_opener_dropped",)) -> None:
+        """Recompute the ``provenance`` of finished token-level runs recorded before ``fields`` existed (an analysis
+        of the run's scores and selection, from its TOSS caches when this machine still has them; the measured
+        numbers of the row are not touched)."""
+        changed = False
+        for p, row in self._finished():
+            found = row.get("provenance")
+            if not isinstance(found, dict) or found.get("level") != "token" or all(f in found for f in fields):
+                continue
+            fresh = _analysis(p, run_provenance, "provenance not refreshed")
+            if fresh:
+                row["provenance"], changed = fresh, True
+        if changed:
+            self._write_rows()
 
     def _take_artifacts(self, plan: RunPlan, outcome: dict[str, Any]) -> None:
         """Keep the first run's artifact (matrix order) of each kind; TOSS views prefer a plain TOSS run."""
@@ -661,6 +681,16 @@ def write_reports_if_available(results_dir: Path) -> None:
         print(f"[experiment] the report could not be written: {type(exc).__name__}: {exc}", flush=True)
 
 
+def _analysis(plan: RunPlan, build: Callable[[RunPlan], Any], failure: str) -> Any:
+    """``build(plan)``, or None when its sources are gone (said on stdout): an analysis or illustration of a finished
+    run never stops the experiment."""
+    try:
+        return build(plan)
+    except Exception as exc:  # noqa: BLE001 - see above
+        print(f"[experiment] {plan.id}: {failure} ({type(exc).__name__}: {exc})", flush=True)
+        return None
+
+
 def is_finished(run: RunPlan, row: dict[str, Any] | None, cfg: ExperimentConfig) -> bool:
     """Whether ``run`` has a recorded row with its current settings (same digest) that ``cfg.redo`` does not ask
     to redo."""
@@ -694,6 +724,7 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
         plan = plan_experiment(cfg)
         exp = Experiment(cfg, plan)
         exp.fill_missing_artifacts()
+        exp.refresh_provenance()
         if plan.heldout is not None:
             print(
                 f"[experiment] {ADVBENCH_HELDOUT}: {plan.heldout.kept} AdvBench prompts in no training set "

@@ -87,6 +87,12 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
             dropped_that_are_harmful=_mean(token_harmful, drop),
             harmful_samples_fully_dropped=f"{int((fully & is_harmful).sum())}/{int((has & is_harmful).sum())}",
             benign_samples_touched=f"{int(((per_sample > 0) & ~is_harmful).sum())}/{int((has & ~is_harmful).sum())}",
+            # Where in the harmful answers the drops fall: a shallow aligned model's refusal lives in the first
+            # tokens, and so does a compliance opener ("Sure, here is").
+            harmful_dropped_by_position={
+                label: _mean(drop, token_harmful & in_bin)
+                for label, in_bin in position_groups(scores.token_index()).items()
+            },
         )
         if selection.weights is not None:
             w = selection.weights
