@@ -259,7 +259,7 @@ def test_token_provenance_recorded_before_a_new_field_is_recomputed_and_nothing_
     def recompute(plan):
         if plan.id == "s/oracle/seed0":
             raise FileNotFoundError("toss scores gone")
-        return {**old, "harmful_opener_dropped": 0.9}
+        return {**old, "harmful_first_dropped": [21, 22]}
 
     monkeypatch.setattr(runner, "run_provenance", recompute)
     again = FakeWorker()
@@ -267,7 +267,7 @@ def test_token_provenance_recorded_before_a_new_field_is_recomputed_and_nothing_
     assert again.calls == []
     results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())
     found = {run["id"]: run.get("provenance") for run in results["runs"]}
-    assert found["s/sft/seed0"] == {**old, "harmful_opener_dropped": 0.9}
+    assert found["s/sft/seed0"] == {**old, "harmful_first_dropped": [21, 22]}
     assert found["s/oracle/seed0"] == old  # its sources are gone: the recorded analysis stays
     assert found["s/rand/seed0"] == sample  # sample level has no positions: not recomputed
     assert "s/oracle/seed0: provenance not refreshed (FileNotFoundError: toss scores gone)" in capsys.readouterr().out

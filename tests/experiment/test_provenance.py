@@ -47,18 +47,19 @@ def test_token_summary_counts_what_the_selection_dropped():
     assert summary["sample_auc"] == pytest.approx(0.75)
 
 
-def test_token_summary_gives_the_share_of_the_harmful_answers_openers_dropped():
-    # Two samples of 8 answer tokens; sample 0 harmful. A global top-4 drop takes harmful tokens 0, 1, 2 and 6.
-    loss_u = np.array([9, 8, 7, 0, 0, 0, 6, 0] + [1] * 8, dtype=np.float32)
-    scores = TokenScores(
-        np.array([0, 8, 16]), np.tile(np.arange(3, 11), 2), loss_u, np.zeros(16, np.float32), "f", "d"
-    )
-    selection = select_tokens(scores, "global", 4 / 16)
+def test_token_summary_says_where_in_the_harmful_answers_the_drops_fall():
+    # Three samples of 8 answer tokens; 0 and 2 harmful. A global top-4 drop takes tokens 0, 1, 2 and 6 of sample 0:
+    # sample 0 loses its first token, sample 2 keeps its own.
+    loss_u = np.array([9, 8, 7, 0, 0, 0, 6, 0] + [1] * 8 + [0] * 8, dtype=np.float32)
+    scores = TokenScores(np.array([0, 8, 16, 24]), np.tile(np.arange(3, 11), 3), loss_u, np.zeros(24), "f", "d")
+    selection = select_tokens(scores, "global", 4 / 24)
     assert selection.drop.nonzero()[0].tolist() == [0, 1, 2, 6]  # the fixture's premise
-    report = provenance_report(np.array([True, False]), scores, selection)
-    assert report["harmful_dropped_by_position"] == {"0-4": 3 / 5, "5-19": pytest.approx(1 / 3, abs=1e-4), "20+": None}
+    report = provenance_report(np.array([True, False, True]), scores, selection)
+    # Harmful positions 0-4: 10 tokens, 3 dropped; 5-7: 6 tokens, 1 dropped; none at 20+.
+    assert report["harmful_dropped_by_position"] == {"0-4": 0.3, "5-19": pytest.approx(1 / 6, abs=1e-4), "20+": None}
+    assert report["harmful_first_token_dropped"] == "1/2"
     summary = summarise_token_report(report)
-    assert summary["harmful_opener_dropped"] == 3 / 5 and summary["harmful_tokens_dropped"] == 4 / 8
+    assert summary["harmful_first_dropped"] == [1, 2] and summary["harmful_tokens_dropped"] == 4 / 16
 
 
 def test_token_summary_reports_the_smoothed_ranking_separately():
@@ -76,7 +77,7 @@ def test_sample_summary_splits_dropped_samples_by_provenance():
     assert summary["harmful_samples_dropped"] == [7, 30]
     assert summary["benign_samples_touched"] == [53, 270]
     assert summary["token_auc"] is None and summary["harmful_tokens_dropped"] is None
-    assert summary["harmful_opener_dropped"] is None  # samples go whole: no position within an answer
+    assert summary["harmful_first_dropped"] is None  # samples go whole: no position within an answer
     scored = summarise_sample_record(record, {"token_auc": 0.57, "sample_auc_mean_score": 0.97})
     assert scored["token_auc"] == 0.57 and scored["ranking_auc"] == scored["sample_auc"] == 0.97
 
@@ -88,7 +89,7 @@ def _results() -> dict:
         "ranking_auc": 0.9623,
         "sample_auc": 0.97,
         "harmful_tokens_dropped": 0.939,
-        "harmful_opener_dropped": 0.5,
+        "harmful_first_dropped": [29, 30],
         "benign_tokens_dropped": 0.1,
         "harmful_samples_dropped": [24, 30],
         "benign_samples_touched": [50, 270],
@@ -106,7 +107,7 @@ def test_section_lists_only_runs_with_a_provenance_and_formats_the_cells():
     header, rows = provenance_table(_results())
     assert len(rows) == 1 and len(rows[0]) == len(header)
     assert rows[0][:4] == ["s", "TOSS <b>|x", "0", "token"]
-    assert rows[0][4:] == ["0.571", "0.962", "0.970", "93.9%", "50.0%", "10.0%", "24/30", "50/270"]
+    assert rows[0][4:] == ["0.571", "0.962", "0.970", "93.9%", "29/30", "10.0%", "24/30", "50/270"]
     assert provenance_markdown({"runs": _results()["runs"][:2]}, md_text) == []
     assert provenance_html({"runs": []}) == ""
 

@@ -15,8 +15,8 @@ above every benign one)::
     ranking_auc                the same for the ranking the run dropped by (smoothed scores when toss_smooth > 0)
     sample_auc                 ROC-AUC of a sample's mean token score for "sample is harmful"
     harmful_tokens_dropped     share of the harmful samples' answer tokens dropped (token level)
-    harmful_opener_dropped     the same share over the first five answer tokens only, where a compliance opener
-                               ("Sure, here is") sits (token level)
+    harmful_first_dropped      [k, n]: harmful samples whose first answer token is dropped, where a compliance
+                               opener ("Sure, here is") starts (token level; an answer that keeps it still teaches it)
     benign_tokens_dropped      share of the benign samples' answer tokens dropped (token level)
     harmful_samples_dropped    [k, n]: harmful samples dropped whole (token level: every answer token dropped)
     benign_samples_touched     [k, n]: benign samples that lost at least one token (sample level: dropped whole)
@@ -43,15 +43,14 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ranking_auc", "AUC of the ranking used", "auc"),
     ("sample_auc", "sample AUC (mean score)", "auc"),
     ("harmful_tokens_dropped", "harmful tokens dropped", "share"),
-    ("harmful_opener_dropped", "of their first 5 tokens", "share"),
+    ("harmful_first_dropped", "harmful answers' first token dropped", "count"),
     ("benign_tokens_dropped", "benign tokens dropped", "share"),
     ("harmful_samples_dropped", "harmful samples dropped whole", "count"),
     ("benign_samples_touched", "benign samples touched", "count"),
 )
 NOTE = (
-    "Analysis only: no selection reads the provenance. Token level (TOSS): 'of their first 5 tokens' is the share of "
-    "the harmful answers' first five tokens dropped (where a compliance opener sits); a harmful sample counts as "
-    "dropped whole "
+    "Analysis only: no selection reads the provenance. Token level (TOSS): a harmful answer that keeps its first "
+    'token keeps the start of its compliance ("Sure, here is"); a harmful sample counts as dropped whole '
     "when every answer token of it is dropped; a benign sample is touched when it loses at least one token. "
     "Sample level: samples are dropped whole. AUC 0.5 = no separation of harmful from benign, 1 = perfect."
 )
@@ -77,7 +76,7 @@ def summarise_token_report(report: dict[str, Any]) -> dict[str, Any]:
         "ranking_auc": _rounded(ranking),
         "sample_auc": _rounded(report.get("sample_auc_mean_score")),
         "harmful_tokens_dropped": _rounded(report.get("harmful_tokens_dropped")),
-        "harmful_opener_dropped": _rounded((report.get("harmful_dropped_by_position") or {}).get("0-4")),
+        "harmful_first_dropped": _fraction(report["harmful_first_token_dropped"]),
         "benign_tokens_dropped": _rounded(report.get("benign_tokens_dropped")),
         "harmful_samples_dropped": _fraction(report["harmful_samples_fully_dropped"]),
         "benign_samples_touched": _fraction(report["benign_samples_touched"]),
@@ -96,7 +95,7 @@ def summarise_sample_record(record: dict[str, Any], scores_report: dict[str, Any
         "ranking_auc": _rounded(scores_report.get("sample_auc_mean_score")),
         "sample_auc": _rounded(scores_report.get("sample_auc_mean_score")),
         "harmful_tokens_dropped": None,
-        "harmful_opener_dropped": None,
+        "harmful_first_dropped": None,
         "benign_tokens_dropped": None,
         "harmful_samples_dropped": [dropped_harmful, harmful],
         "benign_samples_touched": [dropped - dropped_harmful, samples - harmful],

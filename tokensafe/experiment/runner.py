@@ -630,7 +630,7 @@ class Experiment:
         if found:
             write_json(self.results_dir / ARTIFACTS_FILE, self.artifacts)
 
-    def refresh_provenance(self, fields: tuple[str, ...] = ("harmful_opener_dropped",)) -> None:
+    def refresh_provenance(self, fields: tuple[str, ...] = ("harmful_first_dropped",)) -> None:
         """Recompute the ``provenance`` of finished token-level runs recorded before ``fields`` existed (an analysis
         of the run's scores and selection, from its TOSS caches when this machine still has them; the measured
         numbers of the row are not touched)."""

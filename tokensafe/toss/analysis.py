@@ -81,6 +81,8 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
         drop = selection.flagged
         per_sample = np.bincount(scores.sample_ids(), weights=drop, minlength=scores.n_samples)
         fully = has & (per_sample == counts)
+        harmful_has = has & is_harmful
+        first = scores.offsets[:-1]  # (N,) flat index of each sample's first scored token
         report.update(
             harmful_tokens_dropped=_mean(drop, token_harmful),
             benign_tokens_dropped=_mean(drop, ~token_harmful),
@@ -88,11 +90,13 @@ def provenance_report(is_harmful: np.ndarray, scores: TokenScores, selection: Se
             harmful_samples_fully_dropped=f"{int((fully & is_harmful).sum())}/{int((has & is_harmful).sum())}",
             benign_samples_touched=f"{int(((per_sample > 0) & ~is_harmful).sum())}/{int((has & ~is_harmful).sum())}",
             # Where in the harmful answers the drops fall: a shallow aligned model's refusal lives in the first
-            # tokens, and so does a compliance opener ("Sure, here is").
+            # tokens, and so does a compliance opener ("Sure, here is"); a harmful answer that keeps its first token
+            # still teaches the opener.
             harmful_dropped_by_position={
                 label: _mean(drop, token_harmful & in_bin)
                 for label, in_bin in position_groups(scores.token_index()).items()
             },
+            harmful_first_token_dropped=f"{int(drop[first[harmful_has]].sum())}/{int(harmful_has.sum())}",
         )
         if selection.weights is not None:
             w = selection.weights
