@@ -38,11 +38,13 @@ class FakeWorker:
         interrupt_at: int | None = None,
         artifacts: dict | None = None,
         provenance: dict | None = None,
+        gold_rows: dict | None = None,
     ) -> None:
         self.calls: list[str] = []
         self.fail, self.interrupt_at = fail, interrupt_at
         self.artifacts = artifacts or {}  # run id -> the artifacts its outcome carries
         self.provenance = provenance or {}  # run id -> its outcome's provenance
+        self.gold_rows = gold_rows or {}  # run id -> per-row [NLL sum, tokens] of its gold-answer loss
 
     def __call__(self, plan):
         self.calls.append(plan.id)
@@ -66,6 +68,9 @@ class FakeWorker:
         write_json(out / f"{name}.json", {"fingerprint": f"fp-{plan.id}", "suites": suites})
         wall = {"eval": 5.0} if plan.train is None else {"prepare": 0.0, "train": 10.0, "eval": 5.0}
         gold = {g["metric"]: {"value": 1.5, "n": 4, "n_tokens": 40, "low": 1.4, "high": 1.6} for g in plan.gold}
+        for entry in gold.values():
+            if plan.id in self.gold_rows:
+                entry["rows"] = self.gold_rows[plan.id]
         return {
             "digest": plan.digest,
             "model": plan.model,
@@ -272,6 +277,25 @@ def test_token_provenance_recorded_before_a_new_field_is_recomputed_and_nothing_
     assert found["s/rand/seed0"] == sample  # sample level has no positions: not recomputed
     assert "s/oracle/seed0: provenance not refreshed (FileNotFoundError: toss scores gone)" in capsys.readouterr().out
     assert rows_of(tmp_path / "results" / "exp") == ["initial", "s/sft/seed0", "s/oracle/seed0", "s/rand/seed0"]
+
+
+def test_gold_losses_scored_on_the_same_rows_are_tested_pairwise_against_sft(make_config, tmp_path):
+    sft_rows = [[10.0, 10], [12.0, 10], [9.0, 10], [11.0, 10]]
+    gold_rows = {
+        "s/sft/seed0": sft_rows,
+        "s/oracle/seed0": [[s + 1.0, c] for s, c in sft_rows],  # 0.1 nats per token worse on every row
+        "s/rand/seed0": [[10.0, 10], [12.0, 10], [9.0, 10], [11.0, 11]],  # other token counts: not the same rows
+    }
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker(gold_rows=gold_rows))
+    results = json.loads((tmp_path / "results" / "exp" / "results.json").read_text())
+    runs = {run["id"]: run for run in results["runs"]}
+    entry = runs["s/oracle/seed0"]["vs_sft"]["gold_loss"]
+    assert entry["test"] == "paired_ratio_z" and entry["n"] == 4
+    assert entry["relative"] == pytest.approx(0.1 / (42 / 40)) and entry["p_value"] == 0.0
+    assert "gold_loss" not in runs["s/rand/seed0"]["vs_sft"]
+    assert all("gold_rows" not in run for run in runs.values())  # kept in runs.jsonl, not in results.json
+    recorded = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "results/exp/runs.jsonl").open()}
+    assert recorded["s/sft/seed0"]["gold_rows"] == {"gold_loss": sft_rows}
 
 
 def test_a_changed_start_names_both_fingerprints():

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from tokensafe.experiment.stats import discordant, flag_string, mcnemar_p, paired_test, reduction_share
+from tokensafe.experiment.stats import (
+    discordant,
+    flag_string,
+    mcnemar_p,
+    paired_loss_test,
+    paired_test,
+    reduction_share,
+)
 
 
 def exact_two_sided(b: int, c: int) -> float:
@@ -54,3 +61,46 @@ def test_reduction_share():
     assert reduction_share(0.60, 0.50, 0.63) is None  # the oracle is no better than SFT: undefined
     assert reduction_share(0.60, 0.50, 0.60) is None
     assert reduction_share(None, 0.5, 0.4) is None and reduction_share(0.8, 0.5, None) is None
+
+
+def _reference_paired_loss(run_rows, sft_rows):
+    """The same test written another way: per-row influence values of D = sum(d) / sum(c) and their sample
+    variance (numpy), p from the normal tail via erfc."""
+    import numpy as np
+
+    s, t, c = (np.array([r[i] for r in rows], float) for rows, i in ((run_rows, 0), (sft_rows, 0), (run_rows, 1)))
+    d = s - t
+    ratio = d.sum() / c.sum()
+    influence = (d - ratio * c) / c.mean()
+    se = math.sqrt(influence.var(ddof=1) / len(c))
+    return ratio / (t.sum() / c.sum()), math.erfc(abs(ratio) / se / math.sqrt(2))
+
+
+def test_paired_loss_test_matches_an_independent_computation():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(5, 60, 40)
+    sft = [[float(c * rng.uniform(0.8, 1.4)), int(c)] for c in tokens]
+    run = [[t + float(c * rng.normal(0.06, 0.2)), int(c)] for (t, c) in sft]  # ~5% worse, noisy
+    entry = paired_loss_test(run, sft)
+    relative, p = _reference_paired_loss(run, sft)
+    assert entry["relative"] == pytest.approx(relative, rel=1e-9)
+    assert entry["p_value"] == pytest.approx(p, rel=1e-9)
+    assert entry["low"] < entry["relative"] < entry["high"] and entry["n"] == 40
+    # By hand: the relative change is the difference of the two mean losses over SFT's.
+    total = sum(c for _, c in sft)
+    mine, theirs = sum(s for s, _ in run) / total, sum(s for s, _ in sft) / total
+    assert entry["relative"] == pytest.approx((mine - theirs) / theirs, rel=1e-9)
+    assert entry["difference"] == pytest.approx(mine - theirs, rel=1e-9)
+
+
+def test_paired_loss_test_edge_cases():
+    rows = [[2.0, 4], [3.0, 5], [1.0, 2]]
+    same = paired_loss_test(rows, rows)
+    assert same["relative"] == 0.0 and same["p_value"] == 1.0
+    shifted = paired_loss_test([[s + 0.1 * c, c] for s, c in rows], rows)  # every row worse by 0.1 nats per token
+    assert shifted["p_value"] == 0.0 and shifted["difference"] == pytest.approx(0.1)
+    assert paired_loss_test(rows, [[2.0, 4], [3.0, 6], [1.0, 2]]) is None  # other token counts: other rows
+    assert paired_loss_test(rows, rows[:2]) is None
+    assert paired_loss_test([[1.0, 3]], [[1.5, 3]]) is None  # one row: no variance

@@ -3,6 +3,7 @@ chat separately, one unpadded sequence at a time, log-softmax by hand."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -50,6 +51,10 @@ def test_gold_loss_matches_an_independent_computation(chatty, tokenizer):
         assert loss.low < loss.value < loss.high
     # Per-row sums add up to the total, so the token-weighted mean is not a mean of row means.
     assert sum(s for s, _ in loss.rows) / sum(c for _, c in loss.rows) == pytest.approx(loss.value)
+    # The saved form keeps them in record order, for paired comparisons of two models on the same rows.
+    saved = json.loads(json.dumps(loss.to_dict()))
+    assert [c for _, c in saved["rows"]] == [c for _, c in loss.rows]
+    assert [s for s, _ in saved["rows"]] == pytest.approx([s for s, _ in loss.rows], abs=1e-6)
 
 
 def test_truncated_answers_count_only_their_visible_tokens(chatty, tokenizer):

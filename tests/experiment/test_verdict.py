@@ -230,3 +230,17 @@ def test_the_minimum_drop_is_sfts_seed_spread_when_that_is_larger() -> None:
     one_sft = Row("SFT", "baseline", False, sft_runs[:1], {JBB.key: aggregate(sft_runs[:1], JBB)})
     (alone,) = judge_table(make_table(one_sft, one_seed("11 points", 0.57), suites=suites))
     assert alone.wins and alone.min_points == pytest.approx(10.0)
+
+
+def test_a_gold_loss_miss_names_its_paired_p_value_when_the_rows_were_kept() -> None:
+    defence = row("TOSS", "defence", values(jbb_harmful=0.2, gold_loss_gsm8k=1.057), [1e-5])
+    defence.runs[0]["vs_sft"]["gold_loss_gsm8k"] = {"p_value": 0.31, "relative": 0.057}
+    j = verdict_of(defence)
+    assert j.failures == ["gold loss +5.7% vs SFT (paired p 0.310)"] and j.missed == ["loses task"]
+    assert j.utility_p == {"gold loss": [0.31]}
+    _, cells = verdict_cells([j], make_table(INITIAL, SFT, defence))
+    assert cells[0][4] == "GSM8K accuracy +0.0 pts, gold loss +5.7% (paired p 0.310)"
+    # Without kept rows (results recorded before they were), the text is as before.
+    assert verdict_of(row("TOSS", "defence", values(jbb_harmful=0.2, gold_loss_gsm8k=1.057), [1e-5])).failures == [
+        "gold loss +5.7% vs SFT"
+    ]

@@ -56,6 +56,8 @@ class GoldLoss:
             "low": self.low,
             "high": self.high,
             "truncated": self.truncated,
+            # Per row, so that two models scored on the same rows can be compared pairwise (experiment vs_sft).
+            "rows": [[round(s, 6), c] for s, c in self.rows],
         }
 
 

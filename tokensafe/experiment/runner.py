@@ -52,7 +52,7 @@ from tokensafe.experiment.config import ADVBENCH_HELDOUT, ExperimentConfig
 from tokensafe.experiment.matrix import matches
 from tokensafe.experiment.plan import ExperimentPlan, RunPlan, plan_experiment
 from tokensafe.experiment.provenance import run_provenance
-from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_test, reduction_share
+from tokensafe.experiment.stats import FLAG_FIELD, flag_string, paired_loss_test, paired_test, reduction_share
 from tokensafe.experiment.status import Board, duration
 from tokensafe.experiment.worker import (
     ARTIFACT_KINDS,
@@ -276,9 +276,12 @@ def build_row(plan: RunPlan, outcome: dict[str, Any], prompt_ids: dict[str, list
             "ids": key,
             "flags": flag_string([i.get(FLAG_FIELD[entry["kind"]]) for i in items]),
         }
+    gold_rows: dict[str, Any] = {}
     for metric, loss in outcome.get("gold", {}).items():
         metrics[metric] = {k: _clean(loss.get(k)) for k in ("value", "n", "n_tokens", "low", "high", "truncated")}
         metrics[metric]["metric"] = "gold_loss"
+        if loss.get("rows"):  # gold-loss caches written before the rows were kept have none: no paired test
+            gold_rows[metric] = loss["rows"]
     return {
         "id": plan.id,
         "row": plan.label,
@@ -298,6 +301,7 @@ def build_row(plan: RunPlan, outcome: dict[str, Any], prompt_ids: dict[str, list
         "elapsed_seconds": outcome.get("elapsed"),
         "metrics": metrics,
         "flags": flags,
+        "gold_rows": gold_rows,
         "artifacts": sorted(outcome.get("artifacts", {})),
         "provenance": outcome.get("provenance"),
         "digest": plan.digest,
@@ -323,13 +327,19 @@ def _value(row: dict[str, Any] | None, suite: str) -> float | None:
 
 
 def compare_runs(row: dict[str, Any], sft: dict[str, Any]) -> dict[str, Any]:
-    """McNemar of ``row`` against ``sft`` per suite both answered on the same prompts (same id list)."""
+    """McNemar of ``row`` against ``sft`` per suite both answered on the same prompts (same id list), and the paired
+    test of each gold-answer loss both scored on the same rows."""
     out = {}
     for suite, mine in row.get("flags", {}).items():
         theirs = sft.get("flags", {}).get(suite)
         if theirs is None or theirs["ids"] != mine["ids"]:
             continue
         out[suite] = paired_test(mine["flags"], theirs["flags"], mine["kind"])
+    for metric, rows in (row.get("gold_rows") or {}).items():
+        theirs = (sft.get("gold_rows") or {}).get(metric)
+        entry = paired_loss_test(rows, theirs) if theirs else None
+        if entry is not None:
+            out[metric] = entry
     return out
 
 
@@ -391,7 +401,7 @@ def build_results(
         row = current.get(p.id)
         if row is None:
             continue
-        out = {k: v for k, v in row.items() if k not in ("flags", "spec")}
+        out = {k: v for k, v in row.items() if k not in ("flags", "spec", "gold_rows")}
         if p.role not in ("initial", "baseline"):
             sft = current.get(_role_run(cfg, p, "baseline") or "")
             if sft is not None:

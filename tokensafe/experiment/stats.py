@@ -8,11 +8,18 @@ to different prompts.
 McNemar's exact test (statsmodels, a two-sided binomial test on the discordant pairs): ``b`` counts prompts where the
 run did worse than SFT and SFT did not (for ASR and over-refusal: the run answered harmfully / refused and SFT did
 not; for accuracy: SFT was right and the run wrong), ``c`` the reverse. Concordant pairs do not enter the test.
+
+A gold-answer loss (mean NLL per answer token over held-out rows) is compared on the same rows: with ``s_i`` the
+run's NLL sum and ``t_i`` SFT's on row i (``c_i`` answer tokens, the same for both), the difference of the two
+ratios is ``D = sum(s_i - t_i) / sum(c_i)``; its standard error takes the rows as the sampling unit (the ratio
+estimator's delta method, as :func:`tokensafe.eval.gold_loss.ratio_interval`), and a two-sided z-test gives p.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 # Which suite kinds count "bad" outcomes (a 1 is worse) and which count good ones.
@@ -71,3 +78,41 @@ def reduction_share(asr_sft: float | None, asr_run: float | None, asr_oracle: fl
     if denominator <= 0:
         return None
     return (asr_sft - asr_run) / denominator
+
+
+def paired_loss_test(
+    run_rows: Sequence[Sequence[float]], sft_rows: Sequence[Sequence[float]]
+) -> dict[str, Any] | None:
+    """The ``vs_sft`` entry of a gold-answer loss (see the module docstring), or None when the two runs did not score
+    the same rows (other lengths or token counts) or there are fewer than two rows with answer tokens.
+
+    Args:
+        run_rows, sft_rows: ``[NLL sum, answer tokens]`` per held-out row, in the same row order.
+
+    Returns ``relative`` = D / SFT's loss with its 95% interval (``low``, ``high``), ``difference`` D in nats per
+    token, the rows compared ``n`` and ``p_value``.
+    """
+    if len(run_rows) != len(sft_rows) or any(int(a[1]) != int(b[1]) for a, b in zip(run_rows, sft_rows, strict=True)):
+        return None
+    pairs = [(float(a[0]) - float(b[0]), float(b[0]), int(a[1])) for a, b in zip(run_rows, sft_rows, strict=True)]
+    pairs = [p for p in pairs if p[2] > 0]
+    m = len(pairs)
+    tokens = sum(c for _, _, c in pairs)
+    sft_loss = sum(t for _, t, _ in pairs) / tokens if m else 0.0
+    if m < 2 or sft_loss <= 0:
+        return None
+    difference = sum(d for d, _, _ in pairs) / tokens
+    c_bar = tokens / m
+    variance = sum((d - difference * c) ** 2 for d, _, c in pairs) / (m * (m - 1) * c_bar**2)
+    se = math.sqrt(variance)
+    z95 = NormalDist().inv_cdf(0.975)
+    p = 1.0 if se == 0 and difference == 0 else 0.0 if se == 0 else 2 * NormalDist().cdf(-abs(difference) / se)
+    return {
+        "relative": difference / sft_loss,
+        "low": (difference - z95 * se) / sft_loss,
+        "high": (difference + z95 * se) / sft_loss,
+        "difference": difference,
+        "n": m,
+        "p_value": p,
+        "test": "paired_ratio_z",
+    }

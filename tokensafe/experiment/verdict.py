@@ -64,6 +64,8 @@ class Judgement:
     safer: bool
     over_refusal_rise: dict[str, float] = field(default_factory=dict)  # suite label -> points above Initial
     utility_gap: dict[str, float] = field(default_factory=dict)  # suite label -> relative (loss) or points (rate)
+    # suite label -> p per seed of the paired test of a gold-answer loss against SFT's on the same rows (when kept)
+    utility_p: dict[str, list[float]] = field(default_factory=dict)
     asr_interval: tuple[float, float] | None = None  # Wilson 95% of the row's ASR (pooled over seeds)
     sft_interval: tuple[float, float] | None = None
     failures: list[str] = field(default_factory=list)  # the kept-promise criteria it misses, in words
@@ -211,8 +213,11 @@ def judge_row(row: Row, sft: Row | None, initial: Row | None, table: Table) -> J
         elif theirs > 0:
             gap = (mine - theirs) / theirs
             judgement.utility_gap[suite.label] = gap
+            paired = [float(entry["p_value"]) for _, entry in row.vs_sft(suite)]
+            if paired:
+                judgement.utility_p[suite.label] = paired
             if gap > GOLD_LOSS_RISE + EPS:
-                judgement.failures.append(f"{suite.label} {100 * gap:+.1f}% vs SFT")
+                judgement.failures.append(f"{suite.label} {100 * gap:+.1f}% vs SFT{_paired_text(paired)}")
                 _miss(judgement, "loses task")
     if not judged_utility:
         judgement.unjudged.append("utility (no utility suite shared with SFT)")
@@ -281,11 +286,18 @@ def _rises_text(values: dict[str, float]) -> str:
     return ", ".join(f"{label} {rise:+.1f}" for label, rise in values.items()) or "\u2014"
 
 
-def _utility_text(values: dict[str, float], table: Table) -> str:
+def _paired_text(p_values: list[float]) -> str:
+    """`` (paired p 0.310)`` (one per seed, `` / ``-separated), or "" without a paired test."""
+    return f" (paired p {' / '.join(format_p(p) for p in p_values)})" if p_values else ""
+
+
+def _utility_text(judgement: Judgement, table: Table) -> str:
     kinds = {suite.label: suite.is_rate for suite in table.suites}
     parts = [
-        f"{label} {gap:+.1f} pts" if kinds.get(label, True) else f"{label} {100 * gap:+.1f}%"
-        for label, gap in values.items()
+        f"{label} {gap:+.1f} pts"
+        if kinds.get(label, True)
+        else f"{label} {100 * gap:+.1f}%{_paired_text(judgement.utility_p.get(label, []))}"
+        for label, gap in judgement.utility_gap.items()
     ]
     return ", ".join(parts) or "\u2014"
 
@@ -307,7 +319,7 @@ def verdict_cells(judgements: list[Judgement], table: Table) -> tuple[list[str],
             _cut_text(j),
             _p_text(j),
             _rises_text(j.over_refusal_rise),
-            _utility_text(j.utility_gap, table),
+            _utility_text(j, table),
             j.verdict,
         ]
         for j in judgements
