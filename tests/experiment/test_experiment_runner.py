@@ -298,6 +298,38 @@ def test_gold_losses_scored_on_the_same_rows_are_tested_pairwise_against_sft(mak
     assert recorded["s/sft/seed0"]["gold_rows"] == {"gold_loss": sft_rows}
 
 
+def test_gold_rows_of_finished_runs_are_scored_again_on_request_and_kept_only_when_the_loss_agrees(
+    make_config, tmp_path, monkeypatch, capsys
+):
+    from tokensafe.experiment import runner
+
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker())  # recorded without per-row losses
+    plan = plan_experiment(make_config(seeds=[0]))
+    for p in plan.runs:
+        if p.train is not None and p.id != "s/rand/seed0":  # the random run's model is gone from this machine
+            Path(p.model).mkdir(parents=True)
+    rows = [[15.0, 10], [15.0, 10]]  # 1.5 nats per token: the recorded value (FakeWorker)
+    scored = []
+
+    def score(plan, fingerprint):
+        scored.append(plan.id)
+        value = 1.6 if plan.id == "s/oracle/seed0" else 1.5  # the oracle's model changed since: not the same
+        return {"gold_loss": {"value": value, "rows": rows}}
+
+    monkeypatch.setattr(runner, "gold_stage", score)
+    run_experiment(make_config(seeds=[0]), executor=FakeWorker())
+    assert scored == []  # only on request
+    again = FakeWorker()
+    run_experiment(make_config(seeds=[0], refresh_gold_rows=True), executor=again)
+    assert again.calls == [] and scored == ["initial", "s/sft/seed0", "s/oracle/seed0"]
+    recorded = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "results/exp/runs.jsonl").open()}
+    assert recorded["s/sft/seed0"]["gold_rows"] == {"gold_loss": rows}
+    assert not recorded["s/oracle/seed0"].get("gold_rows") and not recorded["s/rand/seed0"].get("gold_rows")
+    assert "s/oracle/seed0: gold_loss scored 1.600000, recorded 1.5: rows not kept" in capsys.readouterr().out
+    run_experiment(make_config(seeds=[0], refresh_gold_rows=True), executor=FakeWorker())
+    assert scored == ["initial", "s/sft/seed0", "s/oracle/seed0", "s/oracle/seed0"]  # kept rows are not redone
+
+
 def test_a_changed_start_names_both_fingerprints():
     from tokensafe.experiment.runner import describe_spec_changes
 

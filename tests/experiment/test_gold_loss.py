@@ -110,7 +110,8 @@ def test_the_experiment_gold_stage_measures_a_model_once_across_experiments(tmp_
 
     def fake_loss(model, task, n, **kwargs):
         calls.append((model, n))
-        return gold_module.GoldLoss(value=1.0 + len(calls), n=n, n_tokens=10 * n)
+        value = 1.0 + len(calls)
+        return gold_module.GoldLoss(value=value, n=n, n_tokens=10 * n, rows=[(10 * value, 10)] * n)
 
     monkeypatch.setattr(gold_module, "evaluate_gold_loss", fake_loss)
     spec = {"metric": "gold_loss", "task": "gsm8k", "n": 4, "split": "test", "max_length": 256, "batch_size": 8}
@@ -126,3 +127,10 @@ def test_the_experiment_gold_stage_measures_a_model_once_across_experiments(tmp_
     assert gold_stage(plan("exp-b/run"), "fp2")["gold_loss"]["value"] == 3.0  # another model
     assert gold_stage(plan("exp-b/run", n=5), "fp1")["gold_loss"]["value"] == 4.0  # other settings
     assert len(calls) == 3
+    # A cache entry written before the per-row losses were kept is scored again, and kept with them.
+    first_file = tmp_path / "gold_loss" / f"{first['gold_loss']['key']}.json"
+    old = {k: v for k, v in json.loads(first_file.read_text()).items() if k != "rows"}
+    first_file.write_text(json.dumps(old))
+    redone = gold_stage(plan("exp-c/run"), "fp1")["gold_loss"]
+    assert len(calls) == 4 and redone["value"] == 5.0 and redone["rows"] == [[50.0, 10]] * 4
+    assert json.loads(first_file.read_text())["rows"] == redone["rows"]

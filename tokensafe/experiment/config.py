@@ -220,6 +220,11 @@ class ExperimentConfig(Checked):
     only: list[str] = option([], "run only the runs whose id matches one of these patterns (fnmatch); others wait")
     redo: list[str] = option([], "redo these runs (fnmatch patterns of run ids) even when finished: retrain too")
     threads: int = option(0, "torch CPU threads of training and evaluation (0 = torch default)", ge=0)
+    refresh_gold_rows: bool = option(
+        False,
+        "score the gold answers again for finished runs recorded without per-row losses, when their model is still "
+        "on this machine, so that their gold-answer loss gets a paired test against SFT's (nothing is retrained)",
+    )
     list_pending: bool = option(
         False,
         "print the id of every run this invocation would run ('pending <id>', one per line, --only and --redo "

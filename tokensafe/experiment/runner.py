@@ -58,6 +58,7 @@ from tokensafe.experiment.worker import (
     ARTIFACT_KINDS,
     OUTCOME_FILE,
     execute,
+    gold_stage,
     pact_tokens_artifact,
     toss_view_artifact,
 )
@@ -655,6 +656,32 @@ class Experiment:
         if changed:
             self._write_rows()
 
+    def refresh_gold_rows(self) -> None:
+        """Score the gold answers of finished runs recorded without per-row losses again (``refresh_gold_rows``),
+        when their model is still on this machine, and keep the rows only when the recomputed loss equals the recorded
+        one (the same model on the same rows), so the paired test compares what the table shows."""
+        changed = False
+        for p, row in self._finished():
+            if not p.gold or row.get("gold_rows") or (p.train is not None and not Path(p.model).is_dir()):
+                continue
+            gold = _analysis(p, lambda plan, row=row: gold_stage(plan, row["fingerprint"]), "gold rows not scored")
+            rows: dict[str, Any] = {}
+            for metric, loss in (gold or {}).items():
+                recorded = (row.get("metrics") or {}).get(metric, {}).get("value")
+                if loss.get("rows") and recorded is not None and abs(loss["value"] - recorded) <= 1e-5 * recorded:
+                    rows[metric] = loss["rows"]
+                elif loss.get("rows"):
+                    print(
+                        f"[experiment] {p.id}: {metric} scored {loss['value']:.6f}, recorded {recorded}: "
+                        "rows not kept",
+                        flush=True,
+                    )
+            if rows:
+                row["gold_rows"], changed = rows, True
+                print(f"[experiment] {p.id}: per-row gold-answer losses kept ({', '.join(rows)})", flush=True)
+        if changed:
+            self._write_rows()
+
     def _take_artifacts(self, plan: RunPlan, outcome: dict[str, Any]) -> None:
         """Keep the first run's artifact (matrix order) of each kind; TOSS views prefer a plain TOSS run."""
         order = {p.id: i for i, p in enumerate(self.plan.runs)}
@@ -735,6 +762,8 @@ def run_experiment(cfg: ExperimentConfig, executor: Executor | None = None) -> E
         exp = Experiment(cfg, plan)
         exp.fill_missing_artifacts()
         exp.refresh_provenance()
+        if cfg.refresh_gold_rows:
+            exp.refresh_gold_rows()
         if plan.heldout is not None:
             print(
                 f"[experiment] {ADVBENCH_HELDOUT}: {plan.heldout.kept} AdvBench prompts in no training set "

@@ -158,8 +158,10 @@ def gold_stage(plan: RunPlan, fingerprint: str) -> dict[str, dict[str, Any]]:
         key = digest("gold-loss", fingerprint, spec)
         cache_file = cache_root / f"{key}.json"
         if cache_file.is_file():
-            out[spec["metric"]] = json.loads(cache_file.read_text(encoding="utf-8"))
-            continue
+            cached = json.loads(cache_file.read_text(encoding="utf-8"))
+            if cached.get("rows"):  # written before the per-row losses were kept: score again
+                out[spec["metric"]] = cached
+                continue
         start = time.time()
         loss = evaluate_gold_loss(
             plan.model,
