@@ -255,6 +255,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "deep_sensitive": "aligned_deep_sensitive",
         "deep_robust": "aligned_deep_robust",
         "deep_gsm8k": "aligned_deep_gsm8k",
+        "deep_gsm8k60": "aligned_deep_gsm8k60",
     }
     assert cfg.name == {**names, "preference": "aligned_pref"}[path.stem]
     if path.stem.startswith("deep"):
