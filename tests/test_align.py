@@ -263,6 +263,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
         # deep_robust is deep with a larger full-fine-tuning rate and nothing else (results/aligned_start, tenth)
         assert cfg.learning_rate == (1e-4 if path.stem == "deep_robust" else 3e-5)
-        # deep_gsm8k is deep plus GSM8K rows with their dataset answers (trained packed), nothing else
+        # deep_gsm8k is deep plus GSM8K rows with their dataset answers (trained packed), nothing else;
+        # deep_gsm8k60 the same with fewer of them
         gold = (cfg.gold_task_source, cfg.n_gold_task)
-        assert gold == (("gsm8k", 200) if path.stem == "deep_gsm8k" else (None, 0))
+        assert gold == {"deep_gsm8k": ("gsm8k", 200), "deep_gsm8k60": ("gsm8k", 60)}.get(path.stem, (None, 0))
