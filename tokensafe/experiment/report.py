@@ -443,7 +443,8 @@ def header_facts(results: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 LEGEND = [
-    "Cells: value with its Wilson 95% interval in brackets (gold-answer loss: mean nats per token, no interval).",
+    "Cells: value with its 95% interval in brackets (rates: Wilson; gold-answer loss: mean nats per answer token, "
+    "normal interval with the held-out rows as the sampling unit).",
     "Several seeds: the mean over seeds, with the Wilson interval of the pooled counts; per-seed values below.",
     "Bold: best value of the column (Initial, the model before fine-tuning, is not ranked). \u2193 lower is better,"
     " \u2191 higher is better.",
