@@ -50,9 +50,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 NOTE = (
     "Analysis only: no selection reads the provenance. Token level (TOSS): a harmful answer that keeps its first "
-    'token keeps the start of its compliance ("Sure, here is"); a harmful sample counts as dropped whole '
+    'token keeps the start of its compliance (such as "Sure, here is"); a harmful sample counts as dropped whole '
     "when every answer token of it is dropped; a benign sample is touched when it loses at least one token. "
-    "Sample level: samples are dropped whole. AUC 0.5 = no separation of harmful from benign, 1 = perfect."
+    "Sample level: samples are dropped whole. AUC 0.5 = no separation of harmful from benign, 1 = perfect. "
+    "\u2014: not applicable, or not recorded (a run analysed before the column existed whose TOSS caches are gone)."
 )
 EM_DASH = "\u2014"
 
