@@ -165,7 +165,8 @@ def test_the_demo_runs_end_to_end_offline_and_reuses_its_work(tmp_path, tiny_mod
     for run in data["runs"]:
         assert {suite: run["metrics"][suite]["n"] for suite in SUITES} == sizes
         if run["row"] not in ("Initial", "SFT"):
-            assert set(run["vs_sft"]) == set(SUITES) - {"gold_loss"}  # McNemar against SFT on the same prompts
+            # McNemar against SFT on the same prompts; the gold-answer loss paired on the same held-out rows
+            assert set(run["vs_sft"]) == set(SUITES) and run["vs_sft"]["gold_loss"]["test"] == "paired_ratio_z"
     assert data["artifacts"]["pact_safety_tokens"] and data["artifacts"]["toss_token_view"]
     views = data["artifacts"]["toss_token_views"]  # both TOSS-family rows', on the same comparison samples
     assert [view["label"] for view in views] == ["TOSS", f"TOSS + {PACT_LABEL}"]

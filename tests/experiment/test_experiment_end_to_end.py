@@ -93,7 +93,9 @@ def test_tiny_experiment_killed_then_resumed_end_to_end(tmp_path, tiny_model_dir
         assert all(run["metrics"][s]["n"] == 4 for s in data["suites"])  # every suite capped at 4 prompts
         assert run["metrics"]["gold_loss"]["n_tokens"] > 0 and run["wall_seconds"]["eval"] >= 0
     assert runs["s/rand/seed0"]["wall_seconds"]["train"] > 0 and runs["s/rand/seed0"]["selection"] is True
-    assert set(runs["s/rand/seed0"]["vs_sft"]) == set(data["suites"]) - {"gold_loss"}
+    assert set(runs["s/rand/seed0"]["vs_sft"]) == set(data["suites"])  # gold_loss: paired on the same rows
+    gold = runs["s/rand/seed0"]["vs_sft"]["gold_loss"]
+    assert gold["n"] == runs["s/rand/seed0"]["metrics"]["gold_loss"]["n"] and 0 <= gold["p_value"] <= 1
     assert runs["initial"]["fingerprint"] == data["starting_model"]["fingerprint"]
     # What the random selection dropped, split by provenance, as the run's own record says (SFT selects nothing).
     record = json.loads((Path(runs["s/rand/seed0"]["model"]).parent / "sample_selection.json").read_text())
