@@ -6,17 +6,7 @@
 # start on the selection and evaluation suites, and a check on a task neither start was aligned on (270 Alpaca rows,
 # clean) from both starts: the GSM8K rows can only count as a general lever if Alpaca does not erode it more.
 # Runs beside the headline queue (both niced; wall times are therefore not budget measurements).
-cd /work/main
-S=results/aligned_start/step.sh; D=/work/shared/data
-mkdir -p results/aligned_start/logs
-SEL="--suites harmful_val,borderline_val,twins_val,sensitive_val --subset first --judge keyword --data_dir $D"
-FT="--config configs/train/sft_gsm8k_poisoned.yaml --data_dir $D"
-jbb() {  # label, model dir: JBB ASR (the issue's check) and harmful_val (the selection suite)
-  $S "final_$1" .venv/bin/tokensafe eval --model "$2" --name "$1" --suites jbb_harmful --judge keyword --data_dir $D \
-    --output_dir runs/eval_align_final
-  $S "sel_$1" .venv/bin/tokensafe eval --model "$2" --name "$1" --suites harmful_val --subset first --judge keyword \
-    --data_dir $D --output_dir runs/eval_align
-}
+source "$(dirname "$0")/checks.sh"
 $S align_deep_gsm8k .venv/bin/tokensafe align --config configs/align/deep_gsm8k.yaml --data_dir $D \
   --output_dir runs/align_deep_gsm8k
 $S ft_clean_deep_gsm8k .venv/bin/tokensafe train $FT --model aligned_deep_gsm8k --harmful_share 0 \

@@ -4,17 +4,7 @@
 # two fine-tuning checks (clean GSM8K, then 10% BeaverTails) with JBB and harmful_val after each, then the start on the
 # selection and evaluation suites. Each step logs to results/aligned_start/logs/ and runs.jsonl (step.sh); a rerun
 # after a stop redoes only the unfinished steps' work (the align and train caches keep what finished).
-cd /work/main
-S=results/aligned_start/step.sh; D=/work/shared/data
-mkdir -p results/aligned_start/logs
-SEL="--suites harmful_val,borderline_val,twins_val,sensitive_val --subset first --judge keyword --data_dir $D"
-FT="--config configs/train/sft_gsm8k_poisoned.yaml --data_dir $D"
-jbb() {  # label, model dir: JBB ASR (the issue's check) and harmful_val (the selection suite)
-  $S "final_$1" .venv/bin/tokensafe eval --model "$2" --name "$1" --suites jbb_harmful --judge keyword --data_dir $D \
-    --output_dir runs/eval_align_final
-  $S "sel_$1" .venv/bin/tokensafe eval --model "$2" --name "$1" --suites harmful_val --subset first --judge keyword \
-    --data_dir $D --output_dir runs/eval_align
-}
+source "$(dirname "$0")/checks.sh"
 $S align_deep_gsm8k60 .venv/bin/tokensafe align --config configs/align/deep_gsm8k60.yaml --data_dir $D \
   --output_dir runs/align_deep_gsm8k60
 $S ft_clean_deep_gsm8k60 .venv/bin/tokensafe train $FT --model aligned_deep_gsm8k60 --harmful_share 0 \
