@@ -292,3 +292,86 @@ def _load_tiny(path):
     from tokensafe.models import load_tokenizer
 
     return AutoModelForCausalLM.from_pretrained(str(path)), load_tokenizer(path)
+
+
+def _pair(kind: str, i: int, chosen: str, rejected: str) -> PreferencePair:
+    return PreferencePair(f"pref/{kind}/{i}", kind, chat(f"{kind} prompt {i}"), chosen, rejected)
+
+
+def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prompts():
+    template = "I cannot help with that."
+    own_refusal = "I'm sorry, but I can't assist with requests like this one."
+    pairs = [
+        _pair("harmful", 0, template, COMPLIANT),  # the start model refuses: its refusal becomes the chosen side
+        _pair("harmful", 1, template, COMPLIANT),  # the start model complies: the template stays
+        _pair("twin", 0, "Happy to help (0).", template),  # refused by the start: rejected = its own refusal
+        _pair("twin", 1, "Happy to help (1).", template),  # answered by the start: nothing to push down, dropped
+        _pair("borderline", 0, "Sure (b0).", template),  # empty answer counts as no refusal: dropped
+        _pair("benign", 0, "Sure (n0).", template),  # refused by the start
+        PreferencePair("pref/recovery/x", "recovery", chat("harmful prompt x"), template, "rest", (5, 6)),
+    ]
+    own = {
+        "pref/harmful/0": own_refusal,
+        "pref/harmful/1": COMPLIANT,
+        "pref/twin/0": own_refusal + " (t0)",
+        "pref/twin/1": "Of course, here is the answer.",
+        "pref/borderline/0": "   ",
+        "pref/benign/0": REFUSAL,
+    }
+    data = preference.PreferenceData(pairs, [], {"pairs": {}, "pairs_dropped": {}})
+    out = preference.with_own_refusals(data, own)
+
+    by_id = {p.id: p for p in out.pairs}
+    assert list(by_id) == ["pref/harmful/0", "pref/harmful/1", "pref/twin/0", "pref/benign/0", "pref/recovery/x"]
+    assert (by_id["pref/harmful/0"].chosen, by_id["pref/harmful/0"].rejected) == (own_refusal, COMPLIANT)
+    assert by_id["pref/harmful/1"] == pairs[1]
+    assert (by_id["pref/twin/0"].chosen, by_id["pref/twin/0"].rejected) == ("Happy to help (0).", own["pref/twin/0"])
+    assert by_id["pref/benign/0"].rejected == REFUSAL
+    assert by_id["pref/recovery/x"] == pairs[-1]
+    assert out.provenance["pairs"] == {"harmful": 2, "benign": 1, "borderline": 0, "twin": 1, "recovery": 1}
+    assert out.provenance["own_refusals"] == {
+        "harmful_chosen_own_refusal": 1,
+        "benign_kinds_dropped_not_refused_by_start": {"harmful": 0, "benign": 0, "borderline": 1, "twin": 1},
+    }
+    assert data.provenance == {"pairs": {}, "pairs_dropped": {}}  # the input is left as it was
+
+
+def test_own_refusals_need_a_preference_only_run(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="pref_own_refusals needs preference: true and refusal_sft: false"):
+        pref_config(data_dir, tmp_path, pref_own_refusals=True)
+
+
+def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, tiny_model_dir, tmp_path, monkeypatch):
+    seen: list[str] = []
+
+    def fake_answers(cfg, model, tok, prompts):
+        seen.append(cfg.model)
+        if cfg.model == "base-answers-model":
+            return [COMPLIANT if "harmful" in p.source else "Happy to help." for p in prompts]
+        # The start model refuses everything but the benign (harmless_train) prompts.
+        return ["Happy to help." if p.id.startswith("pref/benign/") else REFUSAL for p in prompts]
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    cfg = pref_config(
+        data_dir,
+        tmp_path,
+        refusal_sft=False,
+        pref_own_refusals=True,
+        model=str(tiny_model_dir),
+        pair_answers_model="base-answers-model",
+        cache_dir=str(tmp_path / "cache"),
+        name="pref-own",
+        pref_n_harmful=2,
+        pref_n_benign=2,
+        pref_n_borderline=1,
+        pref_n_twins=1,
+        recovery_n=0,
+        threads=1,
+    )
+    monkeypatch.setattr("tokensafe.models.load_model", lambda spec, cache_dir=None: _load_tiny(tiny_model_dir))
+    summary = align.run_align(cfg)
+    assert seen == ["base-answers-model", str(tiny_model_dir)]
+    record = summary["preference_and_recovery"]
+    assert record["pairs"] == {"harmful": 2, "benign": 0, "borderline": 1, "twin": 1, "recovery": 0}
+    assert record["own_refusals"]["benign_kinds_dropped_not_refused_by_start"]["benign"] == 2
+    assert summary["preference_stage"]["pairs"] == 4

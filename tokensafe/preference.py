@@ -26,6 +26,7 @@ No prompt of an evaluation suite (JailbreakBench, XSTest) or of a selection suit
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,12 @@ class PreferenceArgs(Checked):
     recovery_pairs: bool = option(
         False, "also add each recovery example to the preference pairs (rejected = the rest of the compliant answer)"
     )
+    pref_own_refusals: bool = option(
+        False,
+        "on-policy refusals (preference-only runs): the refusal side of each pair is --model's own greedy answer; "
+        "benign-kind pairs are kept only where --model refuses (rejected = that refusal), harmful pairs take its "
+        "refusal as chosen where it refuses (a template otherwise)",
+    )
 
     def _check(self) -> None:
         require(
@@ -85,6 +92,12 @@ class PreferenceArgs(Checked):
             "refusal_sft: false trains only the preference stage: set preference: true, and recovery_pairs: true "
             "or recovery_n: 0 (recovery examples are SFT rows)",
             field="refusal_sft",
+        )
+        require(
+            not self.pref_own_refusals or (self.preference and not self.refusal_sft),
+            "pref_own_refusals needs preference: true and refusal_sft: false (the refusals are --model's, the start "
+            "of the preference stage)",
+            field="pref_own_refusals",
         )
         require(
             not self.recovery_pairs or (self.preference and self.recovery_n > 0),
@@ -220,6 +233,45 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         "evaluation_or_selection_prompts_removed": removed,
     }
     return PreferenceData(pairs, recovery, provenance)
+
+
+def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> PreferenceData:
+    """The pairs with their refusal side replaced by the start model's own greedy answers (on-policy refusals).
+
+    ``own_answers`` maps a pair id to the start model's answer to that pair's prompt (recovery pairs need none and
+    are kept as they are). Why: with template refusals, the same 13 texts are chosen for harmful prompts and rejected
+    for benign ones, and DPO moved this model's refusal threshold along one axis (results/aligned_start). The start
+    model's own over-refusals are the behaviour to push down, at the probability the model actually gives them.
+
+    - benign kinds: kept only where the start model refuses (keyword judge); rejected = that refusal;
+    - harmful: chosen = the start model's refusal where it refuses, the template otherwise.
+    """
+    from tokensafe.eval.judges import KeywordJudge
+
+    judge = KeywordJudge()
+    pairs: list[PreferencePair] = []
+    not_refused = dict.fromkeys(PAIR_KINDS, 0)
+    own_chosen = 0
+    for pair in data.pairs:
+        if pair.kind == "recovery":
+            pairs.append(pair)
+            continue
+        answer = own_answers[pair.id]
+        refuses = bool(answer.strip()) and judge.is_refusal(answer)
+        if pair.kind == "harmful":
+            own_chosen += refuses
+            pairs.append(dataclasses.replace(pair, chosen=answer) if refuses else pair)
+        elif refuses:
+            pairs.append(dataclasses.replace(pair, rejected=answer))
+        else:
+            not_refused[pair.kind] += 1
+    provenance = copy.deepcopy(data.provenance)
+    provenance["pairs"] = {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, "recovery")}
+    provenance["own_refusals"] = {
+        "harmful_chosen_own_refusal": own_chosen,
+        "benign_kinds_dropped_not_refused_by_start": not_refused,
+    }
+    return PreferenceData(pairs, data.recovery, provenance)
 
 
 def build_recovery_examples(
@@ -483,7 +535,6 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
     Starting from the ``aligned`` model of the same config is the same as running SFT and preference together,
     without training the SFT stage again.
     """
-    import dataclasses
     import time
 
     from tokensafe.align import publish_aligned_model  # align imports this module: resolved at call time
@@ -496,8 +547,10 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
     base, tokenizer = load_model(answers_model, cache_dir=cfg.cache_dir)
     data = build_preference_data(dataclasses.replace(cfg, model=answers_model), base, tokenizer)
     del base
-    generated_at = time.time()
     model, tokenizer = load_model(cfg.model, cache_dir=cfg.cache_dir)
+    if cfg.pref_own_refusals:
+        data = with_own_refusals(data, start_model_answers(cfg, model, tokenizer, data.pairs))
+    generated_at = time.time()
     trained, stage = preference_stage(model, tokenizer, data, cfg)
     summary = {
         "start_model": cfg.model,
@@ -509,3 +562,13 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
         "seconds_total": round(time.time() - start, 1),
     }
     return publish_aligned_model(cfg, trained, tokenizer, summary)
+
+
+def start_model_answers(cfg: Any, model: Any, tokenizer: Any, pairs: list[PreferencePair]) -> dict[str, str]:
+    """``cfg.model``'s own greedy answers (cached like every self-answer) to the prompts of the non-recovery pairs."""
+    import tokensafe.align as align
+
+    asked = [p for p in pairs if p.kind != "recovery"]
+    records = [Record(p.id, list(p.prompt), "preference") for p in asked]
+    answers = align.generate_self_answers(cfg, model, tokenizer, records) if records else []
+    return {p.id: a for p, a in zip(asked, answers, strict=True)}
