@@ -25,6 +25,8 @@ STARTS = {
     "lr 6e-5": ("ft_clean_deep_lr6e5", "ft_pois_deep_lr6e5", None),
     "lr 1e-4 (deep_robust)": ("ft_clean_deep_lr1e4", "ft_pois_deep_lr1e4", "ft_pois20_deep_lr1e4"),
     "+ 200 GSM8K rows (deep_gsm8k)": ("ft_clean_deep_gsm8k", "ft_pois_deep_gsm8k", None),
+    "+ 60 GSM8K rows (deep_gsm8k60)": ("ft_clean_deep_gsm8k60", "ft_pois_deep_gsm8k60", None),
+    "deep_gsm8k60 + own-refusal DPO": ("ft_clean_aligned_own_deep_gsm8k60", "ft_pois_aligned_own_deep_gsm8k60", None),
 }
 STYLE = {  # label -> (colour, label offset in points): one colour per start in both panels
     "al_deep (LoRA deep)": ("tab:purple", (6, 4)),
@@ -32,6 +34,8 @@ STYLE = {  # label -> (colour, label offset in points): one colour per start in 
     "lr 6e-5": ("tab:orange", (6, -12)),
     "lr 1e-4 (deep_robust)": ("tab:red", (6, -12)),
     "+ 200 GSM8K rows (deep_gsm8k)": ("tab:green", (-6, -16)),
+    "+ 60 GSM8K rows (deep_gsm8k60)": ("tab:olive", (6, 4)),
+    "deep_gsm8k60 + own-refusal DPO": ("tab:brown", (6, -12)),
 }
 # harmful_val after poisoned FT of aligned_deep was measured on the p10 experiment's SFT model under another name.
 ALIASES = {"ft_pois_al_deepfull": ["ft_pois_deep"]}
