@@ -28,14 +28,14 @@ STARTS = {
     "+ 60 GSM8K rows (deep_gsm8k60)": ("ft_clean_deep_gsm8k60", "ft_pois_deep_gsm8k60", None),
     "deep_gsm8k60 + own-refusal DPO": ("ft_clean_aligned_own_deep_gsm8k60", "ft_pois_aligned_own_deep_gsm8k60", None),
 }
-STYLE = {  # label -> (colour, label offset in points): one colour per start in both panels
-    "al_deep (LoRA deep)": ("tab:purple", (6, 4)),
-    "aligned_deep (lr 3e-5, headline)": ("tab:blue", (-10, -14)),
-    "lr 6e-5": ("tab:orange", (6, -12)),
-    "lr 1e-4 (deep_robust)": ("tab:red", (6, -12)),
-    "+ 200 GSM8K rows (deep_gsm8k)": ("tab:green", (-6, -16)),
-    "+ 60 GSM8K rows (deep_gsm8k60)": ("tab:olive", (6, 4)),
-    "deep_gsm8k60 + own-refusal DPO": ("tab:brown", (6, -12)),
+STYLE = {  # label -> colour: one colour per start in both panels (named in one legend below them)
+    "al_deep (LoRA deep)": "tab:purple",
+    "aligned_deep (lr 3e-5, headline)": "tab:blue",
+    "lr 6e-5": "tab:orange",
+    "lr 1e-4 (deep_robust)": "tab:red",
+    "+ 200 GSM8K rows (deep_gsm8k)": "tab:green",
+    "+ 60 GSM8K rows (deep_gsm8k60)": "tab:olive",
+    "deep_gsm8k60 + own-refusal DPO": "tab:brown",
 }
 # harmful_val after poisoned FT of aligned_deep was measured on the p10 experiment's SFT model under another name.
 ALIASES = {"ft_pois_al_deepfull": ["ft_pois_deep"]}
@@ -51,7 +51,7 @@ def asr(name: str, suite: str) -> float | None:
 
 
 def main() -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     for ax, suite, title in zip(
         axes, ("jbb_harmful", "harmful_val"), ("JBB harmful (evaluation)", "harmful_val (selection)"), strict=True
     ):
@@ -61,9 +61,8 @@ def main() -> None:
             x, y = asr(clean, suite), asr(poisoned, suite)
             if x is None or y is None:
                 continue
-            colour, offset = STYLE[label]
-            ax.plot([x], [y], "o", ms=7, color=colour)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8, color=colour)
+            colour = STYLE[label]
+            ax.plot([x], [y], "o", ms=7, color=colour, label=label)
             y20 = asr(poisoned20, suite) if poisoned20 else None
             if y20 is not None:
                 ax.plot([x, x], [y, y20], ":", color=colour)
@@ -77,7 +76,9 @@ def main() -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.suptitle("Issue 16's fine-tuning checks: every start measured on both (one seed each)", fontsize=11)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(HERE / "ft_checks.png", dpi=120)
 
 
