@@ -8,7 +8,9 @@ recovery_n: 0``):
   LoRA adapter disabled). Harmful prompt: chosen = a refusal template, rejected = the *base* model's own greedy
   (compliant) answer. Benign prompt, borderline-but-safe prompt, benign "instruction twin": chosen = the base
   model's own answer, rejected = a refusal. Pairs whose own answer is empty, or (for the benign kinds) a refusal by
-  the keyword judge, or (for harmful) not a compliance, are left out.
+  the keyword judge, or (for harmful) not a compliance, are left out. With ``pref_own_refusals`` (a preference stage
+  alone on an aligned start) the refusal side is that start's own greedy answer instead of a template, and benign
+  pairs are kept only where the start refuses: its over-refusals are what the stage pushes down.
 - **Recovery examples** (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep"):
   harmful prompt, then the first ``k`` tokens (``k`` uniform in 1..``recovery_max_prefix``) of the base model's
   compliant answer as *context*, then a refusal; only the refusal (and the end-of-turn token) is labelled, so the
