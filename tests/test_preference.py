@@ -46,6 +46,22 @@ def pref_config(data_dir, tmp_path, **overrides) -> AlignConfig:
     return AlignConfig(**settings)
 
 
+def preference_only_config(data_dir, tmp_path, start_model_dir, **overrides) -> AlignConfig:
+    """A preference stage alone on ``start_model_dir``, pairs from "base-answers-model" (faked by the tests)."""
+    settings = dict(
+        refusal_sft=False,
+        model=str(start_model_dir),
+        pair_answers_model="base-answers-model",
+        cache_dir=str(tmp_path / "cache"),
+        pref_n_harmful=2,
+        pref_n_borderline=1,
+        pref_n_twins=1,
+        threads=1,
+    )
+    settings.update(overrides)
+    return pref_config(data_dir, tmp_path, **settings)
+
+
 def blocked_keys(data_dir) -> set[str]:
     """Evaluation and selection prompts, read independently of the code under test."""
     records = [r for name in ("jbb_harmful", "jbb_benign", "xstest") for r in load_source(name, data_dir=data_dir)]
@@ -262,21 +278,8 @@ def test_preference_only_run_starts_from_the_given_model(data_dir, tiny_model_di
     monkeypatch.setattr(align, "generate_self_answers", fake_answers)
     with pytest.raises(ConfigError, match="refusal_sft: false trains only the preference stage"):
         pref_config(data_dir, tmp_path, refusal_sft=False, recovery_n=2)
-    cfg = pref_config(
-        data_dir,
-        tmp_path,
-        refusal_sft=False,
-        model=str(tiny_model_dir),
-        pair_answers_model="base-answers-model",
-        cache_dir=str(tmp_path / "cache"),
-        name="pref-only",
-        pref_n_harmful=2,
-        pref_n_benign=1,
-        pref_n_borderline=1,
-        pref_n_twins=1,
-        recovery_n=2,
-        recovery_pairs=True,
-        threads=1,
+    cfg = preference_only_config(
+        data_dir, tmp_path, tiny_model_dir, name="pref-only", pref_n_benign=1, recovery_n=2, recovery_pairs=True
     )
     monkeypatch.setattr("tokensafe.models.load_model", lambda spec, cache_dir=None: _load_tiny(tiny_model_dir))
     summary = align.run_align(cfg)
@@ -352,21 +355,8 @@ def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, ti
         return ["Happy to help." if p.id.startswith("pref/benign/") else REFUSAL for p in prompts]
 
     monkeypatch.setattr(align, "generate_self_answers", fake_answers)
-    cfg = pref_config(
-        data_dir,
-        tmp_path,
-        refusal_sft=False,
-        pref_own_refusals=True,
-        model=str(tiny_model_dir),
-        pair_answers_model="base-answers-model",
-        cache_dir=str(tmp_path / "cache"),
-        name="pref-own",
-        pref_n_harmful=2,
-        pref_n_benign=2,
-        pref_n_borderline=1,
-        pref_n_twins=1,
-        recovery_n=0,
-        threads=1,
+    cfg = preference_only_config(
+        data_dir, tmp_path, tiny_model_dir, name="pref-own", pref_own_refusals=True, pref_n_benign=2, recovery_n=0
     )
     monkeypatch.setattr("tokensafe.models.load_model", lambda spec, cache_dir=None: _load_tiny(tiny_model_dir))
     summary = align.run_align(cfg)
