@@ -11,7 +11,7 @@ import tokensafe.align as align
 import tokensafe.preference as preference
 from tokensafe.align import AlignConfig, normalise_prompt
 from tokensafe.config import ConfigError
-from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tokenize import IGNORE_INDEX, tokenize_chat
@@ -39,6 +39,7 @@ def pref_config(data_dir, tmp_path, **overrides) -> AlignConfig:
         pref_n_benign=4,
         pref_n_borderline=3,
         pref_n_twins=3,
+        pref_n_sensitive=2,
         recovery_n=4,
         recovery_max_prefix=6,
     )
@@ -67,7 +68,7 @@ def blocked_keys(data_dir) -> set[str]:
     records = [r for name in ("jbb_harmful", "jbb_benign", "xstest") for r in load_source(name, data_dir=data_dir)]
     records += load_source("harmful_val", data_dir=data_dir, split="val")
     records += load_source("harmless_val", data_dir=data_dir, split="val")
-    records += borderline_records("val") + twin_records("val")
+    records += borderline_records("val") + twin_records("val") + sensitive_twin_records("val")
     return {normalise_prompt(r.prompt) for r in records}
 
 
@@ -97,6 +98,7 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
     monkeypatch.setattr(preference, "load_source", leaky_load)
     monkeypatch.setattr(preference, "borderline_records", leaky_prompts(borderline_records))
     monkeypatch.setattr(preference, "twin_records", leaky_prompts(twin_records))
+    monkeypatch.setattr(preference, "sensitive_twin_records", leaky_prompts(sensitive_twin_records))
     harmful_prompts = {normalise_prompt(r.prompt) for r in leaky_load("harmful_train", data_dir=data)}
     answered: dict[str, str] = {}
 
@@ -114,7 +116,7 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
     built = build_preference_data(pref_config(data_dir, tmp_path), tiny_model, tokenizer)
 
     blocked = blocked_keys(data_dir)
-    assert built.provenance["evaluation_or_selection_prompts_removed"] == 4 + 4 + 2 + 2
+    assert built.provenance["evaluation_or_selection_prompts_removed"] == 4 + 4 + 2 + 2 + 2
     assert not [p for p in built.pairs if normalise_prompt(p.prompt[-1]["content"]) in blocked]
     assert not [r for r in built.recovery if normalise_prompt(r.prompt[-1]["content"]) in blocked]
     refusals = set(resource_lines("refusals.txt"))
@@ -127,8 +129,14 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
         else:
             assert p.chosen == own and own.startswith("Happy to help") and p.rejected in refusals
     # One refusing answer dropped per side (the first harmful, the first benign prompt).
-    assert {k: len(v) for k, v in by_kind.items()} == {"harmful": 4, "benign": 3, "borderline": 3, "twin": 3}
-    assert built.provenance["pairs_dropped"] == {"harmful": 1, "benign": 1, "borderline": 0, "twin": 0}
+    assert {k: len(v) for k, v in by_kind.items()} == {
+        "harmful": 4,
+        "benign": 3,
+        "borderline": 3,
+        "twin": 3,
+        "sensitive": 2,
+    }
+    assert built.provenance["pairs_dropped"] == {"harmful": 1, "benign": 1, "borderline": 0, "twin": 0, "sensitive": 0}
     # Recovery examples: the first recovery_n harmful prompts minus the refused one, prefixes of the own answer.
     assert len(built.recovery) == 3
     for ex in built.recovery:
@@ -284,7 +292,8 @@ def test_preference_only_run_starts_from_the_given_model(data_dir, tiny_model_di
     monkeypatch.setattr("tokensafe.models.load_model", lambda spec, cache_dir=None: _load_tiny(tiny_model_dir))
     summary = align.run_align(cfg)
     assert seen == ["base-answers-model"]
-    assert summary["preference_stage"]["pairs"] == 2 + 1 + 1 + 1 + 2
+    # harmful, benign, borderline, twin, sensitive, recovery
+    assert summary["preference_stage"]["pairs"] == 2 + 1 + 1 + 1 + 2 + 2
     saved = json.loads((tmp_path / "cache" / "models" / "pref-only" / "tokensafe_align.json").read_text())
     assert saved["start_model"] == str(tiny_model_dir) and "data" not in saved  # no SFT stage ran
 
@@ -331,10 +340,23 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     assert (by_id["pref/twin/0"].chosen, by_id["pref/twin/0"].rejected) == ("Happy to help (0).", own["pref/twin/0"])
     assert by_id["pref/benign/0"].rejected == REFUSAL
     assert by_id["pref/recovery/x"] == pairs[-1]
-    assert out.provenance["pairs"] == {"harmful": 2, "benign": 1, "borderline": 0, "twin": 1, "recovery": 1}
+    assert out.provenance["pairs"] == {
+        "harmful": 2,
+        "benign": 1,
+        "borderline": 0,
+        "twin": 1,
+        "sensitive": 0,
+        "recovery": 1,
+    }
     assert out.provenance["own_refusals"] == {
         "harmful_chosen_own_refusal": 1,
-        "benign_kinds_dropped_not_refused_by_start": {"harmful": 0, "benign": 0, "borderline": 1, "twin": 1},
+        "benign_kinds_dropped_not_refused_by_start": {
+            "harmful": 0,
+            "benign": 0,
+            "borderline": 1,
+            "twin": 1,
+            "sensitive": 0,
+        },
     }
     assert data.provenance == {"pairs": {}, "pairs_dropped": {}}  # the input is left as it was
 
@@ -362,6 +384,13 @@ def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, ti
     summary = align.run_align(cfg)
     assert seen == ["base-answers-model", str(tiny_model_dir)]
     record = summary["preference_and_recovery"]
-    assert record["pairs"] == {"harmful": 2, "benign": 0, "borderline": 1, "twin": 1, "recovery": 0}
+    assert record["pairs"] == {
+        "harmful": 2,
+        "benign": 0,
+        "borderline": 1,
+        "twin": 1,
+        "sensitive": 2,
+        "recovery": 0,
+    }
     assert record["own_refusals"]["benign_kinds_dropped_not_refused_by_start"]["benign"] == 2
-    assert summary["preference_stage"]["pairs"] == 4
+    assert summary["preference_stage"]["pairs"] == 6

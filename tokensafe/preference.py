@@ -6,11 +6,12 @@ recovery_n: 0``):
 
 - **Preference pairs** trained with TRL's ``DPOTrainer`` after the refusal SFT (reference = the SFT model, i.e. the
   LoRA adapter disabled). Harmful prompt: chosen = a refusal template, rejected = the *base* model's own greedy
-  (compliant) answer. Benign prompt, borderline-but-safe prompt, benign "instruction twin": chosen = the base
-  model's own answer, rejected = a refusal. Pairs whose own answer is empty, or (for the benign kinds) a refusal by
-  the keyword judge, or (for harmful) not a compliance, are left out. With ``pref_own_refusals`` (a preference stage
-  alone on an aligned start) the refusal side is that start's own greedy answer instead of a template, and benign
-  pairs are kept only where the start refuses: its over-refusals are what the stage pushes down.
+  (compliant) answer. Benign prompt, borderline-but-safe prompt, benign "instruction twin", benign request on a
+  sensitive subject: chosen = the base model's own answer, rejected = a refusal. Pairs whose own answer is empty,
+  or (for the benign kinds) a refusal by the keyword judge, or (for harmful) not a compliance, are left out. With
+  ``pref_own_refusals`` (a preference stage alone on an aligned start) the refusal side is that start's own greedy
+  answer instead of a template, and benign pairs are kept only where the start refuses: its over-refusals are what
+  the stage pushes down.
 - **Recovery examples** (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep"):
   harmful prompt, then the first ``k`` tokens (``k`` uniform in 1..``recovery_max_prefix``) of the base model's
   compliant answer as *context*, then a refusal; only the refusal (and the end-of-turn token) is labelled, so the
@@ -22,7 +23,8 @@ so the pairs are tokenised here with the canonical ``tokenize_chat`` (``prompt_i
 ``rejected_ids``) and :class:`PretokenizedDPOTrainer` skips TRL's dataset preparation.
 
 No prompt of an evaluation suite (JailbreakBench, XSTest) or of a selection suite (``harmful_val``,
-``harmless_val``, ``borderline_val``, ``twins_val``) is ever used; such prompts are removed and counted.
+``harmless_val``, ``borderline_val``, ``twins_val``, ``sensitive_val``) is ever used; such prompts are removed and
+counted.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 
 from tokensafe.config import Checked, option, require
 from tokensafe.data.dataset import tokenized_features
-from tokensafe.data.prompts import borderline_records, resource_lines, twin_records
+from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
 from tokensafe.data.records import Message, Record
 from tokensafe.data.sources import load_source
 from tokensafe.data.tokenize import IGNORE_INDEX, render_chat, tokenize_chat
@@ -47,7 +49,8 @@ from tokensafe.errors import UsageError
 
 # Sources and prompt files used only to choose settings (the selection suites of tokensafe.eval.suites).
 SELECTION_ONLY_SOURCES = ("harmful_val", "harmless_val")
-PAIR_KINDS = ("harmful", "benign", "borderline", "twin")
+PAIR_KINDS = ("harmful", "benign", "borderline", "twin", "sensitive")
+BENIGN_PAIR_KINDS = PAIR_KINDS[1:]
 
 
 @dataclass
@@ -67,6 +70,9 @@ class PreferenceArgs(Checked):
     pref_n_benign: int = option(75, "benign prompts: chosen = the base model's answer, rejected = refusal", ge=0)
     pref_n_borderline: int = option(75, "borderline-but-safe prompts (resources/align, train file) as benign", ge=0)
     pref_n_twins: int = option(125, "benign instruction twins (resources/align, train file) as benign", ge=0)
+    pref_n_sensitive: int = option(
+        0, "benign requests on sensitive subjects (resources/align/sensitive_twins.txt) as benign", ge=0
+    )
     pref_beta: float = option(0.1, "DPO beta (strength of the pull towards the reference)", gt=0)
     pref_sft_weight: float = option(
         0.0, "weight of TRL's 'sft' loss on the chosen answers added to the DPO loss (0 = plain DPO)", ge=0
@@ -150,7 +156,7 @@ def selection_prompt_keys(data_dir: str | None) -> set[str]:
     from tokensafe.align import normalise_prompt
 
     records = [r for name in SELECTION_ONLY_SOURCES for r in load_source(name, data_dir=data_dir, split="val")]
-    records += borderline_records("val") + twin_records("val")
+    records += borderline_records("val") + twin_records("val") + sensitive_twin_records("val")
     return {normalise_prompt(r.prompt) for r in records}
 
 
@@ -182,14 +188,15 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
     # The same shuffle (seed, part "harmful") as the refusal SFT: these prompts' answers are usually cached already.
     harmful_all = allowed(load_source(cfg.harmful_prompt_source, data_dir=cfg.data_dir))
     harmful = align.sample_part(harmful_all, max(n_pairs, cfg.recovery_n), cfg.seed, "harmful")
-    benign: dict[str, list[Record]] = {"benign": [], "borderline": [], "twin": []}
+    benign: dict[str, list[Record]] = {kind: [] for kind in BENIGN_PAIR_KINDS}
     if cfg.preference:
         benign["benign"] = align.sample_part(
             allowed(load_source(cfg.benign_source, data_dir=cfg.data_dir)), cfg.pref_n_benign, cfg.seed, "benign"
         )
         benign["borderline"] = allowed(borderline_records("train"))[: cfg.pref_n_borderline]
         benign["twin"] = allowed(twin_records("train"))[: cfg.pref_n_twins]
-    prompts = [*harmful, *benign["benign"], *benign["borderline"], *benign["twin"]]
+        benign["sensitive"] = allowed(sensitive_twin_records("train"))[: cfg.pref_n_sensitive]
+    prompts = [*harmful, *(r for kind in BENIGN_PAIR_KINDS for r in benign[kind])]
     answers = align.generate_self_answers(cfg, model, tokenizer, prompts) if prompts else []
     harmful_answers = answers[: len(harmful)]
     judge = KeywordJudge()
@@ -206,7 +213,7 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         refusal = rng.choice(refusals)
         pairs.append(PreferencePair(f"pref/harmful/{record.id}", "harmful", record.prompt_messages, refusal, answer))
     offset = len(harmful)
-    for kind in ("benign", "borderline", "twin"):
+    for kind in BENIGN_PAIR_KINDS:
         for record in benign[kind]:
             answer = answers[offset]
             offset += 1
@@ -230,6 +237,7 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
             "benign": f"{cfg.benign_source} (chosen: own answer, rejected: refusal)",
             "borderline": "resources/align/borderline_prompts.txt",
             "twin": "resources/align/instruction_twins.txt",
+            "sensitive": "resources/align/sensitive_twins.txt",
         },
         "recovery_examples": len(recovery),
         "evaluation_or_selection_prompts_removed": removed,
