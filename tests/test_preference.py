@@ -315,7 +315,8 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     own_refusal = "I'm sorry, but I can't assist with requests like this one."
     pairs = [
         _pair("harmful", 0, template, COMPLIANT),  # the start model refuses: its refusal becomes the chosen side
-        _pair("harmful", 1, template, COMPLIANT),  # the start model complies: the template stays
+        _pair("harmful", 1, template, COMPLIANT),  # the start complies: its answer is rejected, the template chosen
+        _pair("harmful", 2, template, COMPLIANT),  # empty answer: the pair stays as it was
         _pair("twin", 0, "Happy to help (0).", template),  # refused by the start: rejected = its own refusal
         _pair("twin", 1, "Happy to help (1).", template),  # answered by the start: nothing to push down, dropped
         _pair("borderline", 0, "Sure (b0).", template),  # empty answer counts as no refusal: dropped
@@ -324,7 +325,8 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     ]
     own = {
         "pref/harmful/0": own_refusal,
-        "pref/harmful/1": COMPLIANT,
+        "pref/harmful/1": "Step one: buy the parts.",
+        "pref/harmful/2": "",
         "pref/twin/0": own_refusal + " (t0)",
         "pref/twin/1": "Of course, here is the answer.",
         "pref/borderline/0": "   ",
@@ -334,14 +336,16 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     out = preference.with_own_refusals(data, own)
 
     by_id = {p.id: p for p in out.pairs}
-    assert list(by_id) == ["pref/harmful/0", "pref/harmful/1", "pref/twin/0", "pref/benign/0", "pref/recovery/x"]
+    kept = ["pref/harmful/0", "pref/harmful/1", "pref/harmful/2", "pref/twin/0", "pref/benign/0", "pref/recovery/x"]
+    assert list(by_id) == kept
     assert (by_id["pref/harmful/0"].chosen, by_id["pref/harmful/0"].rejected) == (own_refusal, COMPLIANT)
-    assert by_id["pref/harmful/1"] == pairs[1]
+    assert (by_id["pref/harmful/1"].chosen, by_id["pref/harmful/1"].rejected) == (template, "Step one: buy the parts.")
+    assert by_id["pref/harmful/2"] == pairs[2]
     assert (by_id["pref/twin/0"].chosen, by_id["pref/twin/0"].rejected) == ("Happy to help (0).", own["pref/twin/0"])
     assert by_id["pref/benign/0"].rejected == REFUSAL
     assert by_id["pref/recovery/x"] == pairs[-1]
     assert out.provenance["pairs"] == {
-        "harmful": 2,
+        "harmful": 3,
         "benign": 1,
         "borderline": 0,
         "twin": 1,
@@ -350,6 +354,7 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     }
     assert out.provenance["own_refusals"] == {
         "harmful_chosen_own_refusal": 1,
+        "harmful_rejected_own_compliance": 1,
         "benign_kinds_dropped_not_refused_by_start": {
             "harmful": 0,
             "benign": 0,

@@ -91,7 +91,7 @@ class PreferenceArgs(Checked):
         False,
         "on-policy refusals (preference-only runs): the refusal side of each pair is --model's own greedy answer; "
         "benign-kind pairs are kept only where --model refuses (rejected = that refusal), harmful pairs take its "
-        "refusal as chosen where it refuses (a template otherwise)",
+        "refusal as chosen where it refuses and its compliant answer as rejected where it complies",
     )
 
     def _check(self) -> None:
@@ -254,14 +254,16 @@ def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> Pref
     model's own over-refusals are the behaviour to push down, at the probability the model actually gives them.
 
     - benign kinds: kept only where the start model refuses (keyword judge); rejected = that refusal;
-    - harmful: chosen = the start model's refusal where it refuses, the template otherwise.
+    - harmful: chosen = the start model's refusal where it refuses; where it complies, rejected = that compliant
+      answer (chosen stays the template): the start's own harmful compliance is what the next round pushes down,
+      and the base model's answer is far from what an aligned start would write. An empty answer keeps the pair.
     """
     from tokensafe.eval.judges import KeywordJudge
 
     judge = KeywordJudge()
     pairs: list[PreferencePair] = []
     not_refused = dict.fromkeys(PAIR_KINDS, 0)
-    own_chosen = 0
+    own_chosen = own_rejected = 0
     for pair in data.pairs:
         if pair.kind == "recovery":
             pairs.append(pair)
@@ -269,8 +271,14 @@ def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> Pref
         answer = own_answers[pair.id]
         refuses = bool(answer.strip()) and judge.is_refusal(answer)
         if pair.kind == "harmful":
+            complies = bool(answer.strip()) and not refuses
             own_chosen += refuses
-            pairs.append(dataclasses.replace(pair, chosen=answer) if refuses else pair)
+            own_rejected += complies
+            if refuses:
+                pair = dataclasses.replace(pair, chosen=answer)
+            elif complies:
+                pair = dataclasses.replace(pair, rejected=answer)
+            pairs.append(pair)
         elif refuses:
             pairs.append(dataclasses.replace(pair, rejected=answer))
         else:
@@ -279,6 +287,7 @@ def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> Pref
     provenance["pairs"] = {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, "recovery")}
     provenance["own_refusals"] = {
         "harmful_chosen_own_refusal": own_chosen,
+        "harmful_rejected_own_compliance": own_rejected,
         "benign_kinds_dropped_not_refused_by_start": not_refused,
     }
     return PreferenceData(pairs, data.recovery, provenance)
