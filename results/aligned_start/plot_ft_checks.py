@@ -5,7 +5,7 @@ y: ASR after the same fine-tuning with 10% BeaverTails (target >= 60%); the targ
 harmful (evaluation suite), right panel harmful_val (selection suite). Numbers come from results.json (collected by
 collect.py from the eval outputs); nothing is typed in here.
 
-    python3 results/aligned_start/plot_ft_checks.py      # writes results/aligned_start/ft_checks.png
+    .venv/bin/python results/aligned_start/plot_ft_checks.py   # writes results/aligned_start/ft_checks.png
 """
 
 import json
