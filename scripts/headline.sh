@@ -54,32 +54,42 @@ QUEUE=(
   gsm8k_beavertails_p10:"*/pact/seed1" gsm8k_beavertails_p10:"*/toss_pact/seed1"
 )
 
-# "name:*" stands for every run of that experiment, one at a time (in its config's order, seed 0 before seed 1).
-expand() {
-  .venv/bin/python - "$1" <<'PY'
+# "name:*" stands for every run of that experiment, one at a time (in its config's order, seed 0 before seed 1). One
+# python process expands all of them (each start of python with torch costs seconds).
+expand() {  # experiment names
+  .venv/bin/python - "$@" <<'PY'
 import sys
 
 from tokensafe.config import load_config
 from tokensafe.experiment.config import ExperimentConfig
 from tokensafe.experiment.matrix import expand
 
-cells = [c for c in expand(load_config(ExperimentConfig, f"configs/experiment/{sys.argv[1]}.yaml")) if not c.is_initial]
-for cell in sorted(cells, key=lambda c: c.seed):  # stable: the experiment's own order within each seed
-    print(f"{sys.argv[1]}:{cell.id}")
+for name in sys.argv[1:]:
+    cells = [c for c in expand(load_config(ExperimentConfig, f"configs/experiment/{name}.yaml")) if not c.is_initial]
+    for cell in sorted(cells, key=lambda c: c.seed):  # stable: the experiment's own order within each seed
+        print(f"{name}:{cell.id}")
 PY
 }
-EXPANDED=()
-for item in "${QUEUE[@]}"; do
-  if [[ "${item#*:}" == "*" ]]; then
-    mapfile -t runs < <(expand "${item%%:*}")
-    EXPANDED+=("${runs[@]}")
-  else
-    EXPANDED+=("${item}")
-  fi
-done
-QUEUE=("${EXPANDED[@]}")
+expand_queue() {  # QUEUE with every "name:*" replaced by that experiment's runs
+  local item run whole=() whole_runs=() expanded=()
+  for item in "${QUEUE[@]}"; do
+    [[ "${item#*:}" == "*" ]] && whole+=("${item%%:*}")
+  done
+  mapfile -t whole_runs < <(expand "${whole[@]}")
+  for item in "${QUEUE[@]}"; do
+    if [[ "${item#*:}" == "*" ]]; then
+      for run in "${whole_runs[@]}"; do
+        [[ "${run%%:*}" == "${item%%:*}" ]] && expanded+=("${run}")
+      done
+    else
+      expanded+=("${item}")
+    fi
+  done
+  QUEUE=("${expanded[@]}")
+}
 
 if [[ "${1:-}" == "--list" ]]; then
+  expand_queue
   printf '%s\n' "${QUEUE[@]}"
   exit 0
 fi
@@ -103,6 +113,7 @@ if [[ -n "${current}" && -n "${recorded}" && "${current}" != "${recorded}" && "$
   exit 3
 fi
 [[ -n "${current}" ]] && echo "=== start ${START} ${current} (committed rows: ${recorded:-none})"
+expand_queue  # after the start check: a wrong start stops the script before seconds of planning
 
 # The runs still to do, by one planning pass per experiment (seconds each): a queue item none of whose runs is
 # pending is skipped without starting its worker (a visit to a finished run costs ~15 s of model loading).
