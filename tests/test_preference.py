@@ -399,3 +399,30 @@ def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, ti
     }
     assert record["own_refusals"]["benign_kinds_dropped_not_refused_by_start"]["benign"] == 2
     assert summary["preference_stage"]["pairs"] == 6
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 3])
+def test_harmful_repeat_weighs_only_the_harmful_pairs_up(repeat):
+    from collections import Counter
+
+    from tokensafe.preference import with_harmful_repeated
+
+    pairs = [_pair("harmful", i, REFUSAL, COMPLIANT) for i in range(3)]
+    pairs += [_pair("twin", i, "Happy to help.", REFUSAL) for i in range(4)]
+    pairs += [_pair("sensitive", 0, "Here is how.", REFUSAL)]
+    out = with_harmful_repeated(pairs, repeat, seed=0)
+    if repeat == 1:
+        assert out is pairs  # the default leaves the stage's data exactly as it was
+    counts = Counter(p.id for p in out)
+    # every harmful pair `repeat` times, every other pair once, nothing else added or lost
+    assert counts == {p.id: repeat if p.kind == "harmful" else 1 for p in pairs}
+    assert len(out) == 3 * repeat + 5
+    # the copies are the same pairs (same prompt and both answers), only seen at other steps
+    assert {(p.id, p.chosen, p.rejected) for p in out} == {(p.id, p.chosen, p.rejected) for p in pairs}
+    # deterministic for a seed (a rerun trains on the same order)
+    assert [p.id for p in with_harmful_repeated(pairs, repeat, seed=0)] == [p.id for p in out]
+
+
+def test_harmful_repeat_must_be_at_least_one(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="pref_harmful_repeat"):
+        AlignConfig(data_dir=data_dir, output_dir=str(tmp_path), preference=True, pref_harmful_repeat=0)

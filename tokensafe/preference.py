@@ -80,6 +80,12 @@ class PreferenceArgs(Checked):
     pref_learning_rate: float = option(2e-4, "peak learning rate of the preference stage", gt=0)
     pref_epochs: float = option(1.0, "epochs over the pairs", gt=0)
     pref_batch_size: int = option(4, "pairs per micro-batch", ge=1)
+    pref_harmful_repeat: int = option(
+        1,
+        "times each harmful pair appears in the preference stage (2 = the harmful pairs weigh twice the benign ones; "
+        "a later on-policy round uses it to win refusals back instead of only holding them)",
+        ge=1,
+    )
     recovery_n: int = option(
         0, "harmful prompts turned into recovery examples (compliant start as context, then a refusal)", ge=0
     )
@@ -522,6 +528,19 @@ def add_recovery_examples(
     return datasets.concatenate_datasets([dataset, extra])
 
 
+def with_harmful_repeated(pairs: list[PreferencePair], repeat: int, seed: int) -> list[PreferencePair]:
+    """``pairs`` with every harmful pair ``repeat`` times, shuffled again (unchanged for ``repeat == 1``).
+
+    Why repeats rather than a loss weight: TRL's DPO loss has no per-pair weight, and a repeated pair is the same
+    gradient at another step, so the harmful side weighs ``repeat`` times the benign one over the epoch.
+    """
+    if repeat == 1:
+        return pairs
+    repeated = [*pairs, *(p for p in pairs if p.kind == "harmful" for _ in range(repeat - 1))]
+    random.Random(f"{seed}/preference-repeat").shuffle(repeated)
+    return repeated
+
+
 def preference_stage(model: Any, tokenizer: Any, data: PreferenceData | None, cfg: Any) -> tuple[Any, dict | None]:
     """Run the DPO stage on ``model`` (the merged SFT model) when ``cfg.preference``; returns (model, summary)."""
     import time
@@ -536,12 +555,14 @@ def preference_stage(model: Any, tokenizer: Any, data: PreferenceData | None, cf
             hint="raise pref_n_* or self_answer_max_tokens, or set preference: false",
         )
     start = time.time()
-    dataset = pairs_dataset(data.pairs, tokenizer)
+    pairs = with_harmful_repeated(data.pairs, cfg.pref_harmful_repeat, cfg.seed)
+    dataset = pairs_dataset(pairs, tokenizer)
     trained, log = train_preference(model, tokenizer, dataset, cfg)
     train_logs = [h for h in log if "loss" in h]
     keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
     return trained, {
         "pairs": len(dataset),
+        "harmful_repeat": cfg.pref_harmful_repeat,
         "log": [{k: h[k] for k in keys if k in h} for h in train_logs],
         "seconds": round(time.time() - start, 1),
     }
