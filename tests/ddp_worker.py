@@ -1,8 +1,13 @@
-"""Worker for the distributed-correctness test: train the tiny model a few SGD steps and save the weights.
+"""Worker for the distributed-correctness tests: train the tiny model a few SGD steps per case and save the weights.
 
-Run as ``torchrun --nproc_per_node N tests/ddp_worker.py OUT_FILE PER_DEVICE_BATCH [ALIGNED_DIR BASE_DIR]`` or
-directly with N = 1. With ALIGNED_DIR and BASE_DIR the model is a LoRA student (non-zero B) trained with AsFT's
-regulariser (V = W_aligned − W_base from the two model directories) on top of the CE.
+Run as ``torchrun --nproc_per_node N tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH ALIGNED_DIR BASE_DIR`` or directly
+with N = 1. One process trains every case in turn (a process start costs more than the training), writing
+``OUT_DIR/<case>.safetensors`` (the weights) and ``OUT_DIR/<case>.json`` (the logged losses):
+
+- ``ce``: full fine-tuning with the CE;
+- ``asft``: a LoRA student (non-zero B) with AsFT's regulariser (V = W_aligned − W_base from the two model
+  directories) on top of the CE;
+- ``pact``: CE + PACT with a cached reference (the model before training).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -23,23 +29,42 @@ from test_trainer import make_dataset  # noqa: E402
 from tokensafe.baselines.asft import build_asft_loss  # noqa: E402
 from tokensafe.baselines.directions import AlignmentPair  # noqa: E402
 from tokensafe.models import LoraArgs, apply_lora  # noqa: E402
+from tokensafe.pact.layout import post_header_ids  # noqa: E402
+from tokensafe.pact.loss import PactLoss, PactLossConfig  # noqa: E402
+from tokensafe.pact.reference import CachedReference, build_reference_cache  # noqa: E402
 from tokensafe.testing import real_tokenizer, tiny_llama  # noqa: E402
 from tokensafe.train import OptimArgs, finish_distributed, train_model  # noqa: E402
 
 ASFT_LAMBDA = 0.05  # the regulariser's gradient is then of the order of the CE's: both shape the update
+CASES = ("ce", "asft", "pact")
 
 
-def main() -> None:
-    out_file, per_device_batch, pair_dirs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-    tokenizer = real_tokenizer()
+def model_dataset_and_terms(case: str, tokenizer: Any, pair_dirs: list[str]) -> tuple[Any, Any, list]:
+    """The case's model (fresh tiny model, seed-fixed), training rows and extra loss terms."""
     model = tiny_llama(tokenizer)
-    loss_terms = []
-    if pair_dirs:
-        model = randomise_lora_b(apply_lora(model, LoraArgs(lora_r=4, lora_alpha=8)), std=0.1)
-        loss_terms = [build_asft_loss(model, AlignmentPair.load(*pair_dirs), ASFT_LAMBDA)]
     dataset = make_dataset(tokenizer, n=8)
+    if case == "asft":
+        model = randomise_lora_b(apply_lora(model, LoraArgs(lora_r=4, lora_alpha=8)), std=0.1)
+        return model, dataset, [build_asft_loss(model, AlignmentPair.load(*pair_dirs), ASFT_LAMBDA)]
+    if case == "pact":
+        token_ids = torch.arange(300, 340)
+        weights = torch.linspace(-0.5, 1.0, 40).clamp(min=0)
+        cache = build_reference_cache(  # the model before training is the reference (full fine-tuning)
+            model, dataset, token_ids, header_ids=post_header_ids(tokenizer), pad_token_id=2, fingerprint="ddp"
+        )
+        dataset = dataset.add_column("pact_index", list(range(len(dataset))))
+        term = PactLoss(
+            token_ids, weights, CachedReference(cache), PactLossConfig(lam=3.0, decay_start=1, decay_tau=2)
+        )
+        return model, dataset, [term]
+    return model, dataset, []
+
+
+def train_case(case: str, out_dir: Path, per_device_batch: int, pair_dirs: list[str]) -> None:
+    tokenizer = real_tokenizer()
+    model, dataset, loss_terms = model_dataset_and_terms(case, tokenizer, pair_dirs)
     cfg = OptimArgs(
-        output_dir=str(out_file.parent / f"run-{per_device_batch}"),
+        output_dir=str(out_dir / f"run-{case}"),
         batch_size=per_device_batch,
         learning_rate=0.05,
         max_steps=2,
@@ -58,15 +83,19 @@ def main() -> None:
     )
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        weights = {k: v.detach().contiguous() for k, v in unwrapped.state_dict().items()}
         save_file(
-            {
-                k: v.detach().contiguous()
-                for k, v in unwrapped.state_dict().items()
-                if not k.endswith("lm_head.weight")
-            },
-            str(out_file),
+            {k: v for k, v in weights.items() if not k.endswith("lm_head.weight")},
+            str(out_dir / f"{case}.safetensors"),
         )
-        out_file.with_suffix(".json").write_text(json.dumps([h["loss"] for h in log.history]))
+        (out_dir / f"{case}.json").write_text(json.dumps([h["loss"] for h in log.history]))
+
+
+def main() -> None:
+    out_dir, per_device_batch, pair_dirs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case in CASES:
+        train_case(case, out_dir, per_device_batch, pair_dirs)
 
 
 if __name__ == "__main__":
