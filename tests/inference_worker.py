@@ -2,6 +2,7 @@
 
     python inference_worker.py pact OUT_DIR           # PACT reference cache of 11 samples, 2 rows per batch
     python inference_worker.py cli OUT_DIR ARGS...    # `tokensafe ARGS...` (e.g. eval), as tokensafe.cli runs it
+    python inference_worker.py pact+cli OUT_DIR ARGS...  # both in one process (a process start costs more)
 
 Either way the worker counts the units of work this rank computed (reference-cache batches, prompts given to the
 generation engine) in ``OUT_DIR/work-<rank>.json``, so a test can check that the ranks shared the work, and keeps
@@ -86,8 +87,11 @@ def main() -> int:
     scenario, out_dir, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     out_dir.mkdir(parents=True, exist_ok=True)
     count_work(out_dir)
-    if scenario == "pact":
+    if scenario not in ("pact", "cli", "pact+cli"):
+        raise SystemExit(f"unknown scenario {scenario!r}: pact, cli or pact+cli")
+    if scenario.startswith("pact"):
         pact(out_dir)
+    if not scenario.endswith("cli"):
         return 0
     from tokensafe.cli import main as cli_main
 

@@ -176,13 +176,12 @@ def test_toss_score_killed_between_shards_resumes_on_two_ranks(tmp_path, tiny_mo
 
 
 @pytest.mark.slow
-def test_pact_reference_cache_on_two_ranks_equals_one_process(tmp_path):
+def test_pact_reference_cache_on_two_ranks_equals_one_process(pact_and_eval_runs):
     from inference_worker import PACT_BATCH, PACT_SAMPLES
 
     from tokensafe.pact.reference import META_FILE, ReferenceCache
 
-    single(str(WORKER), "pact", str(tmp_path / "one"))
-    torchrun(29534, str(WORKER), "pact", str(tmp_path / "two"))
+    tmp_path, _ = pact_and_eval_runs
     one, two = ReferenceCache.load(tmp_path / "one" / "cache"), ReferenceCache.load(tmp_path / "two" / "cache")
     assert one.n_rows == PACT_SAMPLES and one.full.shape[0] > 50
     assert torch.equal(one.full, two.full) and torch.equal(one.post, two.post)
@@ -209,8 +208,13 @@ def chatty_model_dir(tmp_path_factory, tokenizer) -> Path:
     return target
 
 
-@pytest.mark.slow
-def test_eval_generation_on_two_ranks_equals_one_process(tmp_path, chatty_model_dir, data_dir):
+@pytest.fixture(scope="module")
+def pact_and_eval_runs(tmp_path_factory, chatty_model_dir, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """One process and two ranks each build the PACT reference cache, then run `eval` of the chatty model, in one
+    worker launch (a launch costs more than the work). Returns the root of ``one/`` and ``two/`` and the two-rank
+    launch's output."""
+    tmp_path = tmp_path_factory.mktemp("pact-and-eval")
+
     def flags(name: str) -> list[str]:
         values = {
             "model": chatty_model_dir,
@@ -228,8 +232,13 @@ def test_eval_generation_on_two_ranks_equals_one_process(tmp_path, chatty_model_
         }
         return ["eval", *(item for key, value in values.items() for item in (f"--{key}", str(value)))]
 
-    single(str(WORKER), "cli", str(tmp_path / "one"), *flags("one"))
-    proc = torchrun(29535, str(WORKER), "cli", str(tmp_path / "two"), *flags("two"))
+    single(str(WORKER), "pact+cli", str(tmp_path / "one"), *flags("one"))
+    return tmp_path, torchrun(29534, str(WORKER), "pact+cli", str(tmp_path / "two"), *flags("two"))
+
+
+@pytest.mark.slow
+def test_eval_generation_on_two_ranks_equals_one_process(pact_and_eval_runs):
+    tmp_path, proc = pact_and_eval_runs
     # Each rank gave its engine a share of the 13 prompts; only rank 0 judged and printed the results.
     assert work(tmp_path / "one", 0)["prompts"] == 13
     assert (work(tmp_path / "two", 0)["prompts"], work(tmp_path / "two", 1)["prompts"]) == (7, 6)
