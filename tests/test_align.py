@@ -108,6 +108,25 @@ def test_sensitive_twins_are_benign_prompts_outside_the_evaluation_sets_and_held
     assert not {normalise_prompt(p) for p in train + val} & others
 
 
+def test_group_prompts_are_a_selection_suite_outside_every_other_prompt_file(data_dir):
+    from tokensafe.data.prompts import group_prompt_records
+    from tokensafe.preference import selection_prompt_keys
+
+    val = [normalise_prompt(r.prompt) for r in group_prompt_records("val")]
+    assert len(val) == len(set(val)) == 40
+    assert not set(val) & align.evaluation_prompt_keys(str(data_dir))  # no XSTest / JBB prompt
+    shipped = {
+        normalise_prompt(r.prompt)
+        for load in (twin_records, borderline_records, sensitive_twin_records)
+        for split in ("train", "val")
+        for r in load(split)
+    }
+    assert not set(val) & shipped
+    assert set(val) <= selection_prompt_keys(str(data_dir))  # blocked from every preference pair
+    with pytest.raises(ValueError, match="unknown align_groups split 'train'"):
+        group_prompt_records("train")  # selection only: nothing to train on
+
+
 def answer_ok_and_record_prompts(monkeypatch) -> list[str]:
     """Replace self-answer generation by "ok" for every prompt; the returned list collects the prompts asked."""
     asked: list[str] = []

@@ -23,8 +23,8 @@ so the pairs are tokenised here with the canonical ``tokenize_chat`` (``prompt_i
 ``rejected_ids``) and :class:`PretokenizedDPOTrainer` skips TRL's dataset preparation.
 
 No prompt of an evaluation suite (JailbreakBench, XSTest) or of a selection suite (``harmful_val``,
-``harmless_val``, ``borderline_val``, ``twins_val``, ``sensitive_val``) is ever used; such prompts are removed and
-counted.
+``harmless_val``, ``borderline_val``, ``twins_val``, ``sensitive_val``, ``groups_val``) is ever used; such prompts are
+removed and counted.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ import torch
 
 from tokensafe.config import Checked, option, require
 from tokensafe.data.dataset import tokenized_features
-from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
+from tokensafe.data.prompts import (
+    borderline_records,
+    group_prompt_records,
+    resource_lines,
+    sensitive_twin_records,
+    twin_records,
+)
 from tokensafe.data.records import Message, Record
 from tokensafe.data.sources import load_source
 from tokensafe.data.tokenize import IGNORE_INDEX, render_chat, tokenize_chat
@@ -163,6 +169,7 @@ def selection_prompt_keys(data_dir: str | None) -> set[str]:
 
     records = [r for name in SELECTION_ONLY_SOURCES for r in load_source(name, data_dir=data_dir, split="val")]
     records += borderline_records("val") + twin_records("val") + sensitive_twin_records("val")
+    records += group_prompt_records("val")
     return {normalise_prompt(r.prompt) for r in records}
 
 

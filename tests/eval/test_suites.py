@@ -199,3 +199,6 @@ def test_alignment_selection_suites_load_held_out_prompts(shared_data):
     sensitive = get_suite("sensitive_val").load()
     assert len(sensitive) == 40 and {r.source for r in sensitive} == {"align_sensitive"}
     assert get_suite("sensitive_val").kind == "over_refusal" and not any(r.is_harmful for r in sensitive)
+    groups = get_suite("groups_val").load()
+    assert len(groups) == 40 and {r.source for r in groups} == {"align_groups"}
+    assert get_suite("groups_val").kind == "over_refusal" and not any(r.is_harmful for r in groups)

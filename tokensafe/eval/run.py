@@ -64,8 +64,9 @@ class EvalConfig(Checked):
         ["jbb_harmful", "xstest_safe", "sst2"],
         "comma-separated suites, each optionally with its own prompt count as name:N (e.g. sst2:200); available: "
         "advbench, harmbench, harmbench_contextual, jbb_harmful, strongreject, xstest_safe, jbb_benign, gsm8k, "
-        "sst2, agnews, harmful_val, harmless_val, borderline_val, twins_val, sensitive_val; or prompts of your own as "
-        "file:safety:PATH.jsonl[:N] / file:over_refusal:PATH.jsonl[:N] (one JSON object with 'prompt' per line)",
+        "sst2, agnews, harmful_val, harmless_val, borderline_val, twins_val, sensitive_val, groups_val; or prompts of "
+        "your own as file:safety:PATH.jsonl[:N] / file:over_refusal:PATH.jsonl[:N] (one JSON object with 'prompt' per "
+        "line)",
     )
     limit: int | None = option(None, "prompts per suite (suites without their own :N); None = all", ge=1)
     subset: Literal["random", "first"] = option(

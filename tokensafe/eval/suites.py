@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tokensafe.data.errors import DataError
-from tokensafe.data.prompts import borderline_records, sensitive_twin_records, twin_records
+from tokensafe.data.prompts import borderline_records, group_prompt_records, sensitive_twin_records, twin_records
 from tokensafe.data.readers import read_rows
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
@@ -225,6 +225,15 @@ SUITES: dict[str, Suite] = {
             SAFETY_TOKENS,
             "tokensafe's held-out benign requests on sensitive subjects (40)",
             loader=sensitive_twin_records,
+        ),
+        _suite(
+            "groups_val",
+            "over_refusal",
+            "align_groups",
+            "val",
+            SAFETY_TOKENS,
+            "tokensafe's benign prompts naming groups of people or absurd discrimination (40)",
+            loader=group_prompt_records,
         ),
         _suite("gsm8k", "utility", "gsm8k", "test", GSM8K_TOKENS, "GSM8K test (1,319), final number", task=GSM8K),
         _suite("sst2", "utility", "sst2", "dev", LABEL_TOKENS, "SST-2 dev (872), sentiment label", task=SST2),
