@@ -282,6 +282,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "own_refusals_round2": "aligned_own_round2",
         "own_refusals_round3": "aligned_own_round3",
         "own_refusals_round2_harmful2": "aligned_own_round2_harmful2",
+        "own_refusals_round4": "aligned_own_round4",
     }
     assert cfg.name == {**names, **own, "preference": "aligned_pref"}[path.stem]
     # own_refusals* are a preference stage alone on an aligned start, with that start's own refusals in the pairs

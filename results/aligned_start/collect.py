@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "results/aligned_start/results.json"
 # runs/ does not survive a machine replacement: keep the evals already collected and add or update what is on disk.
 rows = json.loads(OUT.read_text())["evals"] if OUT.is_file() else {}
-for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final"):
+for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final", "runs/eval_align_groups"):
     for path in sorted((ROOT / d).glob("*.json")):
         data = json.loads(path.read_text())
         if "suites" not in data:
