@@ -283,6 +283,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "own_refusals_round3": "aligned_own_round3",
         "own_refusals_round2_harmful2": "aligned_own_round2_harmful2",
         "own_refusals_round4": "aligned_own_round4",
+        "own_refusals_round5": "aligned_own_round5",
     }
     assert cfg.name == {**names, **own, "preference": "aligned_pref"}[path.stem]
     # own_refusals* are a preference stage alone on an aligned start, with that start's own refusals in the pairs
@@ -291,8 +292,9 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
     assert cfg.pref_n_sensitive == (149 if path.stem in own and path.stem != "own_refusals" else 0)
     # round three takes its harmful prompts from SafeInstr (new to the model), every other recipe from harmful_train
     assert cfg.harmful_prompt_source == ("safeinstr" if path.stem == "own_refusals_round3" else "harmful_train")
-    # only the harmful2 round weighs its harmful pairs twice
-    assert cfg.pref_harmful_repeat == (2 if path.stem.endswith("harmful2") else 1)
+    # only the harmful2 round and round five weigh their harmful pairs twice
+    harmful2 = path.stem.endswith("harmful2") or path.stem == "own_refusals_round5"
+    assert cfg.pref_harmful_repeat == (2 if harmful2 else 1)
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
