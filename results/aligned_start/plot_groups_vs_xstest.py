@@ -1,7 +1,8 @@
-"""Does the selection suite groups_val (seventeenth session) see what XSTest sees? One dot per aligned start measured on
-both: x = groups_val over-refusal (the project's own 40 group-related benign prompts, selection only), y = XSTest-safe
-over-refusal (evaluation suite, 250 prompts); keyword judge, Wilson 95% intervals as error bars. Numbers come from
-results.json (collect.py); nothing is typed in. The Spearman rank correlation is printed and written in the title.
+"""Does the selection suite groups_val (seventeenth session) see what XSTest sees? One dot per aligned start
+measured on both: x = groups_val over-refusal (the project's own 40 group-related benign prompts, selection only),
+y = XSTest-safe over-refusal (evaluation suite, 250 prompts); keyword judge, Wilson 95% intervals as error bars.
+Numbers come from results.json (collect.py); nothing is typed in. The Spearman rank correlation is printed and
+written in the title.
 
     .venv/bin/python results/aligned_start/plot_groups_vs_xstest.py   # writes groups_vs_xstest.png
 """
@@ -25,6 +26,8 @@ SHORT = {
     "aligned_own_round2": "round 2",
     "aligned_own_round3": "round 3 (SafeInstr)",
     "aligned_own_round2_harmful2": "round 2 + harmful x2",
+    "aligned_own_round4": "round 4",
+    "aligned_own_round5": "round 5",
 }
 
 

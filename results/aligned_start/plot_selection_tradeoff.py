@@ -28,6 +28,9 @@ LABELS = {
     "aligned_own_sensitive": ("+ sensitive pairs (round 1)", (5, 4)),
     "aligned_own_round2": ("round 2", (5, 4)),
     "aligned_own_round3": ("round 3 (SafeInstr)", (-30, -14)),
+    "aligned_own_round2_harmful2": ("round 2 + harmful x2", (5, 4)),
+    "aligned_own_round4": ("round 4", (5, 4)),
+    "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (5, -12)),
 }
 # on-policy rounds: (start, trained model)
 ROUNDS = [
@@ -35,6 +38,9 @@ ROUNDS = [
     ("aligned_deep_gsm8k60", "aligned_own_sensitive"),
     ("aligned_own_sensitive", "aligned_own_round2"),
     ("aligned_own_round2", "aligned_own_round3"),
+    ("aligned_own_round2", "aligned_own_round2_harmful2"),
+    ("aligned_own_round2_harmful2", "aligned_own_round4"),
+    ("aligned_own_round4", "aligned_own_round5"),
 ]
 
 
