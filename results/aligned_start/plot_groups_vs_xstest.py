@@ -29,6 +29,7 @@ SHORT = {
     "aligned_own_round4": "round 4",
     "aligned_own_round5": "round 5",
 }
+OFFSETS = {"aligned_deep": (-20, -14)}  # label offsets in points where two labels would overlap
 
 
 def main() -> None:
@@ -54,7 +55,9 @@ def main() -> None:
             alpha=0.8,
             capsize=2,
         )
-        ax.annotate(SHORT.get(name, name), (gx, xy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(
+            SHORT.get(name, name), (gx, xy), textcoords="offset points", xytext=OFFSETS.get(name, (5, 4)), fontsize=8
+        )
     ax.axhline(15, color="grey", linestyle=":", label="issue 16 target: XSTest <= 15%")
     ax.set_xlabel("groups_val over-refusal, % (selection suite, n=40)")
     ax.set_ylabel("XSTest-safe over-refusal, % (evaluation suite, n=250)")

@@ -28,7 +28,7 @@ LABELS = {
     "aligned_own_sensitive": ("+ sensitive pairs (round 1)", (5, 4)),
     "aligned_own_round2": ("round 2", (5, 4)),
     "aligned_own_round3": ("round 3 (SafeInstr)", (-30, -14)),
-    "aligned_own_round2_harmful2": ("round 2 + harmful x2", (5, 4)),
+    "aligned_own_round2_harmful2": ("round 2 + harmful x2", (-40, -14)),
     "aligned_own_round4": ("round 4", (5, 4)),
     "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (5, -12)),
 }
