@@ -28,6 +28,7 @@ STARTS = {
     "+ 60 GSM8K rows (deep_gsm8k60)": ("ft_clean_deep_gsm8k60", "ft_pois_deep_gsm8k60", None),
     "deep_gsm8k60 + own-refusal DPO": ("ft_clean_aligned_own_deep_gsm8k60", "ft_pois_aligned_own_deep_gsm8k60", None),
     "on-policy round 2": ("ft_clean_aligned_own_round2", "ft_pois_aligned_own_round2", None),
+    "on-policy round 4": ("ft_clean_aligned_own_round4", "ft_pois_aligned_own_round4", None),
 }
 STYLE = {  # label -> colour: one colour per start in both panels (named in one legend below them)
     "al_deep (LoRA deep)": "tab:purple",
@@ -38,6 +39,7 @@ STYLE = {  # label -> colour: one colour per start in both panels (named in one 
     "+ 60 GSM8K rows (deep_gsm8k60)": "tab:olive",
     "deep_gsm8k60 + own-refusal DPO": "tab:brown",
     "on-policy round 2": "tab:pink",
+    "on-policy round 4": "tab:cyan",
 }
 # harmful_val after poisoned FT of aligned_deep was measured on the p10 experiment's SFT model under another name.
 ALIASES = {"ft_pois_al_deepfull": ["ft_pois_deep"]}
