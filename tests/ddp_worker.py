@@ -60,8 +60,7 @@ def model_dataset_and_terms(case: str, tokenizer: Any, pair_dirs: list[str]) -> 
     return model, dataset, []
 
 
-def train_case(case: str, out_dir: Path, per_device_batch: int, pair_dirs: list[str]) -> None:
-    tokenizer = real_tokenizer()
+def train_case(case: str, tokenizer: Any, out_dir: Path, per_device_batch: int, pair_dirs: list[str]) -> None:
     model, dataset, loss_terms = model_dataset_and_terms(case, tokenizer, pair_dirs)
     cfg = OptimArgs(
         output_dir=str(out_dir / f"run-{case}"),
@@ -83,9 +82,12 @@ def train_case(case: str, out_dir: Path, per_device_batch: int, pair_dirs: list[
     )
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        weights = {k: v.detach().contiguous() for k, v in unwrapped.state_dict().items()}
         save_file(
-            {k: v for k, v in weights.items() if not k.endswith("lm_head.weight")},
+            {
+                k: v.detach().contiguous()
+                for k, v in unwrapped.state_dict().items()
+                if not k.endswith("lm_head.weight")
+            },
             str(out_dir / f"{case}.safetensors"),
         )
         (out_dir / f"{case}.json").write_text(json.dumps([h["loss"] for h in log.history]))
@@ -94,8 +96,9 @@ def train_case(case: str, out_dir: Path, per_device_batch: int, pair_dirs: list[
 def main() -> None:
     out_dir, per_device_batch, pair_dirs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = real_tokenizer()  # loaded once for every case
     for case in CASES:
-        train_case(case, out_dir, per_device_batch, pair_dirs)
+        train_case(case, tokenizer, out_dir, per_device_batch, pair_dirs)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from plot_selection_tradeoff import LABELS  # noqa: E402  (the same short name for each start in both plots)
 from scipy.stats import spearmanr  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EVALS = json.loads((HERE / "results.json").read_text())["evals"]
-SHORT = {
-    "aligned_deep": "aligned_deep (headline)",
-    "aligned_deep_gsm8k60": "deep_gsm8k60",
-    "aligned_own_deep_gsm8k60": "own-refusal DPO",
-    "aligned_own_sensitive": "round 1",
-    "aligned_own_round2": "round 2",
-    "aligned_own_round3": "round 3 (SafeInstr)",
-    "aligned_own_round2_harmful2": "round 2 + harmful x2",
-    "aligned_own_round4": "round 4",
-    "aligned_own_round5": "round 5",
-}
 OFFSETS = {"aligned_deep": (-20, -14)}  # label offsets in points where two labels would overlap
 
 
@@ -56,7 +46,11 @@ def main() -> None:
             capsize=2,
         )
         ax.annotate(
-            SHORT.get(name, name), (gx, xy), textcoords="offset points", xytext=OFFSETS.get(name, (5, 4)), fontsize=8
+            LABELS.get(name, (name,))[0],
+            (gx, xy),
+            textcoords="offset points",
+            xytext=OFFSETS.get(name, (5, 4)),
+            fontsize=8,
         )
     ax.axhline(15, color="grey", linestyle=":", label="issue 16 target: XSTest <= 15%")
     ax.set_xlabel("groups_val over-refusal, % (selection suite, n=40)")
