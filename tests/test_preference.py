@@ -322,6 +322,7 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
         _pair("borderline", 0, "Sure (b0).", template),  # empty answer counts as no refusal: dropped
         _pair("benign", 0, "Sure (n0).", template),  # refused by the start
         PreferencePair("pref/recovery/x", "recovery", chat("harmful prompt x"), template, "rest", (5, 6)),
+        PreferencePair("pref/task/q", "task", chat("What is 48 / 2?"), "48/2 = <<48/2=24>>24\n#### 24", template),
     ]
     own = {
         "pref/harmful/0": own_refusal,
@@ -336,20 +337,23 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
     out = preference.with_own_refusals(data, own)
 
     by_id = {p.id: p for p in out.pairs}
+    # task and recovery pairs have no own answer (none was asked for) and are kept as they are
     kept = ["pref/harmful/0", "pref/harmful/1", "pref/harmful/2", "pref/twin/0", "pref/benign/0", "pref/recovery/x"]
+    kept.append("pref/task/q")
     assert list(by_id) == kept
     assert (by_id["pref/harmful/0"].chosen, by_id["pref/harmful/0"].rejected) == (own_refusal, COMPLIANT)
     assert (by_id["pref/harmful/1"].chosen, by_id["pref/harmful/1"].rejected) == (template, "Step one: buy the parts.")
     assert by_id["pref/harmful/2"] == pairs[2]
     assert (by_id["pref/twin/0"].chosen, by_id["pref/twin/0"].rejected) == ("Happy to help (0).", own["pref/twin/0"])
     assert by_id["pref/benign/0"].rejected == REFUSAL
-    assert by_id["pref/recovery/x"] == pairs[-1]
+    assert by_id["pref/recovery/x"] == pairs[-2] and by_id["pref/task/q"] == pairs[-1]
     assert out.provenance["pairs"] == {
         "harmful": 3,
         "benign": 1,
         "borderline": 0,
         "twin": 1,
         "sensitive": 0,
+        "task": 1,
         "recovery": 1,
     }
     assert out.provenance["own_refusals"] == {
@@ -395,6 +399,7 @@ def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, ti
         "borderline": 1,
         "twin": 1,
         "sensitive": 2,
+        "task": 0,
         "recovery": 0,
     }
     assert record["own_refusals"]["benign_kinds_dropped_not_refused_by_start"]["benign"] == 2
@@ -426,3 +431,39 @@ def test_harmful_repeat_weighs_only_the_harmful_pairs_up(repeat):
 def test_harmful_repeat_must_be_at_least_one(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="pref_harmful_repeat"):
         AlignConfig(data_dir=data_dir, output_dir=str(tmp_path), preference=True, pref_harmful_repeat=0)
+
+
+def test_task_pairs_are_the_refusal_sfts_gold_rows_with_their_dataset_answers(
+    data_dir, tiny_model, tokenizer, tmp_path, monkeypatch
+):
+    asked: list[str] = []
+
+    def fake_answers(cfg, model, tok, prompts):
+        asked.extend(p.prompt for p in prompts)
+        return [COMPLIANT if "harmful" in p.source else "Happy to help." for p in prompts]
+
+    monkeypatch.setattr(align, "generate_self_answers", fake_answers)
+    plain = build_preference_data(pref_config(data_dir, tmp_path, recovery_n=0), tiny_model, tokenizer)
+    cfg = pref_config(data_dir, tmp_path, recovery_n=0, gold_task_source="gsm8k", pref_n_gold_task=3)
+    asked.clear()
+    built = build_preference_data(cfg, tiny_model, tokenizer)
+    task = {p.id.removeprefix("pref/task/"): p for p in built.pairs if p.kind == "task"}
+    # The rows the refusal SFT of the same seed trains on (its first n_gold_task), read through align's own path.
+    sft_cfg = pref_config(data_dir, tmp_path, preference=False, recovery_n=0, gold_task_source="gsm8k", n_gold_task=3)
+    records, _ = align.build_alignment_records(sft_cfg, tiny_model, tokenizer)
+    gold = {r.id.removeprefix("align/gold/"): r for r in records if r.source == "align_gold_task"}
+    assert task.keys() == gold.keys() and len(task) == 3
+    refusals = set(resource_lines("refusals.txt"))
+    for row_id, pair in task.items():
+        assert pair.prompt == gold[row_id].messages[:-1] and pair.chosen == gold[row_id].response
+        assert pair.rejected in refusals
+    assert not {p.prompt[-1]["content"] for p in task.values()} & set(asked)  # nothing generated for them
+    # every other pair is exactly as without task pairs (same answers and refusals; only the order changes)
+    others = sorted((p for p in built.pairs if p.kind != "task"), key=lambda p: p.id)
+    assert others == sorted(plain.pairs, key=lambda p: p.id)
+    assert built.provenance["pairs"] == {**plain.provenance["pairs"], "task": 3}
+
+
+def test_task_pairs_need_a_gold_task_source(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="pref_n_gold_task needs preference: true and a gold_task_source"):
+        pref_config(data_dir, tmp_path, pref_n_gold_task=2)

@@ -11,7 +11,9 @@ recovery_n: 0``):
   or (for the benign kinds) a refusal by the keyword judge, or (for harmful) not a compliance, are left out. With
   ``pref_own_refusals`` (a preference stage alone on an aligned start) the refusal side is that start's own greedy
   answer instead of a template, and benign pairs are kept only where the start refuses: its over-refusals are what
-  the stage pushes down.
+  the stage pushes down. ``pref_n_gold_task`` adds task rows with the dataset's own answer as chosen (rejected = a
+  refusal): with the SFT share of the loss they keep the task's answer format, which is what kept the start's
+  refusals through clean fine-tuning on that task.
 - **Recovery examples** (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep"):
   harmful prompt, then the first ``k`` tokens (``k`` uniform in 1..``recovery_max_prefix``) of the base model's
   compliant answer as *context*, then a refusal; only the refusal (and the end-of-turn token) is labelled, so the
@@ -57,6 +59,8 @@ from tokensafe.errors import UsageError
 SELECTION_ONLY_SOURCES = ("harmful_val", "harmless_val")
 PAIR_KINDS = ("harmful", "benign", "borderline", "twin", "sensitive")
 BENIGN_PAIR_KINDS = PAIR_KINDS[1:]
+# Pairs that need no model answer: task rows with the dataset's own answer, and recovery pairs.
+FIXED_PAIR_KINDS = ("task", "recovery")
 
 
 @dataclass
@@ -86,6 +90,13 @@ class PreferenceArgs(Checked):
     pref_learning_rate: float = option(2e-4, "peak learning rate of the preference stage", gt=0)
     pref_epochs: float = option(1.0, "epochs over the pairs", gt=0)
     pref_batch_size: int = option(4, "pairs per micro-batch", ge=1)
+    pref_n_gold_task: int = option(
+        0,
+        "gold_task_source train rows as pairs (chosen = the dataset's answer, rejected = a refusal), the same rows "
+        "as the refusal SFT's n_gold_task: keeps the task's answer format that made the start robust to clean task "
+        "fine-tuning while later rounds move it",
+        ge=0,
+    )
     pref_harmful_repeat: int = option(
         1,
         "times each harmful pair appears in the preference stage (2 = the harmful pairs weigh twice the benign ones; "
@@ -123,6 +134,11 @@ class PreferenceArgs(Checked):
             not self.recovery_pairs or (self.preference and self.recovery_n > 0),
             "recovery_pairs needs preference: true and recovery_n > 0",
             field="recovery_pairs",
+        )
+        require(
+            self.pref_n_gold_task == 0 or (self.preference and getattr(self, "gold_task_source", None)),
+            "pref_n_gold_task needs preference: true and a gold_task_source (the task whose rows become pairs)",
+            field="pref_n_gold_task",
         )
         # The preference stage starts from the merged SFT model (its reference is that model, adapter disabled).
         require(
@@ -209,6 +225,11 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         benign["borderline"] = allowed(borderline_records("train"))[: cfg.pref_n_borderline]
         benign["twin"] = allowed(twin_records("train"))[: cfg.pref_n_twins]
         benign["sensitive"] = allowed(sensitive_twin_records("train"))[: cfg.pref_n_sensitive]
+    gold_task: list[Record] = []
+    if cfg.preference and cfg.pref_n_gold_task:
+        # The refusal SFT's shuffle (seed, part "gold_task"): the first rows are the ones the start was trained on.
+        rows = [r for r in load_source(cfg.gold_task_source, data_dir=cfg.data_dir, split="train") if r.response]
+        gold_task = align.sample_part(allowed(rows), cfg.pref_n_gold_task, cfg.seed, "gold_task")
     prompts = [*harmful, *(r for kind in BENIGN_PAIR_KINDS for r in benign[kind])]
     answers = align.generate_self_answers(cfg, model, tokenizer, prompts) if prompts else []
     harmful_answers = answers[: len(harmful)]
@@ -235,6 +256,12 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
                 continue
             refusal = rng.choice(refusals)
             pairs.append(PreferencePair(f"pref/{kind}/{record.id}", kind, record.prompt_messages, answer, refusal))
+    # Drawn after every other pair's refusal, so adding task pairs leaves the other pairs as they were.
+    for record in gold_task:
+        task_answer = record.response or ""
+        pairs.append(
+            PreferencePair(f"pref/task/{record.id}", "task", record.prompt_messages, task_answer, rng.choice(refusals))
+        )
     n_rec = cfg.recovery_n
     recovery = build_recovery_examples(
         harmful[:n_rec], harmful_answers[:n_rec], tokenizer, refusals, cfg.recovery_max_prefix, cfg.seed
@@ -243,7 +270,7 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         pairs += recovery_pairs(recovery, dict(zip((r.id for r in harmful), harmful_answers, strict=True)), tokenizer)
     random.Random(f"{cfg.seed}/preference-order").shuffle(pairs)
     provenance = {
-        "pairs": {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, "recovery")},
+        "pairs": pair_counts(pairs),
         "pairs_dropped": dropped,
         "pair_sources": {
             "harmful": f"{cfg.harmful_prompt_source} (chosen: resources/align/refusals.txt, rejected: own answer)",
@@ -251,6 +278,9 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
             "borderline": "resources/align/borderline_prompts.txt",
             "twin": "resources/align/instruction_twins.txt",
             "sensitive": "resources/align/sensitive_twins.txt",
+            "task": f"{cfg.gold_task_source} (train; chosen: dataset answer, rejected: refusal)"
+            if gold_task
+            else None,
         },
         "recovery_examples": len(recovery),
         "evaluation_or_selection_prompts_removed": removed,
@@ -258,13 +288,18 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
     return PreferenceData(pairs, recovery, provenance)
 
 
+def pair_counts(pairs: list[PreferencePair]) -> dict[str, int]:
+    """How many pairs of every kind (zeros included, so records of different runs line up)."""
+    return {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, *FIXED_PAIR_KINDS)}
+
+
 def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> PreferenceData:
     """The pairs with their refusal side replaced by the start model's own greedy answers (on-policy refusals).
 
-    ``own_answers`` maps a pair id to the start model's answer to that pair's prompt (recovery pairs need none and
-    are kept as they are). Why: with template refusals, the same 13 texts are chosen for harmful prompts and rejected
-    for benign ones, and DPO moved this model's refusal threshold along one axis (results/aligned_start). The start
-    model's own over-refusals are the behaviour to push down, at the probability the model actually gives them.
+    ``own_answers`` maps a pair id to the start model's answer to that pair's prompt (task and recovery pairs need
+    none and are kept as they are). Why: with template refusals, the same 13 texts are chosen for harmful prompts and
+    rejected for benign ones, and DPO moved this model's refusal threshold along one axis (results/aligned_start).
+    The start model's own over-refusals are the behaviour to push down, at the probability the model gives them.
 
     - benign kinds: kept only where the start model refuses (keyword judge); rejected = that refusal;
     - harmful: chosen = the start model's refusal where it refuses; where it complies, rejected = that compliant
@@ -278,7 +313,7 @@ def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> Pref
     not_refused = dict.fromkeys(PAIR_KINDS, 0)
     own_chosen = own_rejected = 0
     for pair in data.pairs:
-        if pair.kind == "recovery":
+        if pair.kind in FIXED_PAIR_KINDS:
             pairs.append(pair)
             continue
         answer = own_answers[pair.id]
@@ -297,7 +332,7 @@ def with_own_refusals(data: PreferenceData, own_answers: dict[str, str]) -> Pref
         else:
             not_refused[pair.kind] += 1
     provenance = copy.deepcopy(data.provenance)
-    provenance["pairs"] = {kind: sum(p.kind == kind for p in pairs) for kind in (*PAIR_KINDS, "recovery")}
+    provenance["pairs"] = pair_counts(pairs)
     provenance["own_refusals"] = {
         "harmful_chosen_own_refusal": own_chosen,
         "harmful_rejected_own_compliance": own_rejected,
@@ -612,10 +647,10 @@ def run_preference_only(cfg: Any) -> dict[str, Any]:
 
 
 def start_model_answers(cfg: Any, model: Any, tokenizer: Any, pairs: list[PreferencePair]) -> dict[str, str]:
-    """``cfg.model``'s own greedy answers (cached like every self-answer) to the prompts of the non-recovery pairs."""
+    """``cfg.model``'s own greedy answers (cached like every self-answer) to the prompts of the pairs that need one."""
     import tokensafe.align as align
 
-    asked = [p for p in pairs if p.kind != "recovery"]
+    asked = [p for p in pairs if p.kind not in FIXED_PAIR_KINDS]
     records = [Record(p.id, list(p.prompt), "preference") for p in asked]
     answers = align.generate_self_answers(cfg, model, tokenizer, records) if records else []
     return {p.id: a for p, a in zip(asked, answers, strict=True)}
