@@ -31,6 +31,8 @@ LABELS = {
     "aligned_own_round2_harmful2": ("round 2 + harmful x2", (-40, -14)),
     "aligned_own_round4": ("round 4", (5, 4)),
     "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (5, -12)),
+    "aligned_own_round6": ("round 6 (lr/2)", (5, 4)),
+    "aligned_own_round7": ("round 7 (lr/2, + GSM8K pairs)", (5, -12)),
 }
 # on-policy rounds: (start, trained model)
 ROUNDS = [
@@ -41,6 +43,8 @@ ROUNDS = [
     ("aligned_own_round2", "aligned_own_round2_harmful2"),
     ("aligned_own_round2_harmful2", "aligned_own_round4"),
     ("aligned_own_round4", "aligned_own_round5"),
+    ("aligned_own_round5", "aligned_own_round6"),
+    ("aligned_own_round6", "aligned_own_round7"),
 ]
 
 
