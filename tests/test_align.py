@@ -108,23 +108,28 @@ def test_sensitive_twins_are_benign_prompts_outside_the_evaluation_sets_and_held
     assert not {normalise_prompt(p) for p in train + val} & others
 
 
-def test_group_prompts_are_a_selection_suite_outside_every_other_prompt_file(data_dir):
+def test_group_prompts_split_into_train_and_a_selection_suite_outside_every_other_prompt_file(data_dir):
     from tokensafe.data.prompts import group_prompt_records
     from tokensafe.preference import selection_prompt_keys
 
     val = [normalise_prompt(r.prompt) for r in group_prompt_records("val")]
+    train = [normalise_prompt(r.prompt) for r in group_prompt_records("train")]
     assert len(val) == len(set(val)) == 40
-    assert not set(val) & align.evaluation_prompt_keys(str(data_dir))  # no XSTest / JBB prompt
+    assert len(train) == len(set(train)) >= 100
+    assert not set(train) & set(val)
+    assert not set(val + train) & align.evaluation_prompt_keys(str(data_dir))  # no XSTest / JBB prompt
     shipped = {
         normalise_prompt(r.prompt)
         for load in (twin_records, borderline_records, sensitive_twin_records)
         for split in ("train", "val")
         for r in load(split)
     }
-    assert not set(val) & shipped
-    assert set(val) <= selection_prompt_keys(str(data_dir))  # blocked from every preference pair
-    with pytest.raises(ValueError, match="unknown align_groups split 'train'"):
-        group_prompt_records("train")  # selection only: nothing to train on
+    assert not set(val + train) & shipped
+    selection = selection_prompt_keys(str(data_dir))
+    assert set(val) <= selection  # blocked from every preference pair
+    assert not set(train) & selection  # the train side is what the pairs use
+    with pytest.raises(ValueError, match="unknown align_groups split 'test'"):
+        group_prompt_records("test")
 
 
 def answer_ok_and_record_prompts(monkeypatch) -> list[str]:
@@ -284,6 +289,9 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "own_refusals_round2_harmful2": "aligned_own_round2_harmful2",
         "own_refusals_round4": "aligned_own_round4",
         "own_refusals_round5": "aligned_own_round5",
+        "own_refusals_round6": "aligned_own_round6",
+        "own_refusals_round7": "aligned_own_round7",
+        "own_refusals_round8": "aligned_own_round8",
     }
     assert cfg.name == {**names, **own, "preference": "aligned_pref"}[path.stem]
     # own_refusals* are a preference stage alone on an aligned start, with that start's own refusals in the pairs
@@ -295,6 +303,11 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
     # only the harmful2 round and round five weigh their harmful pairs twice
     harmful2 = path.stem.endswith("harmful2") or path.stem == "own_refusals_round5"
     assert cfg.pref_harmful_repeat == (2 if harmful2 else 1)
+    # rounds seven and eight keep the start's 60 GSM8K rows as pairs; only round eight adds group pairs
+    task_pairs = path.stem in ("own_refusals_round7", "own_refusals_round8")
+    assert cfg.pref_n_gold_task == (60 if task_pairs else 0)
+    assert not task_pairs or cfg.gold_task_source == "gsm8k"
+    assert cfg.pref_n_groups == (200 if path.stem == "own_refusals_round8" else 0)
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)

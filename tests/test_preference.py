@@ -11,7 +11,13 @@ import tokensafe.align as align
 import tokensafe.preference as preference
 from tokensafe.align import AlignConfig, normalise_prompt
 from tokensafe.config import ConfigError
-from tokensafe.data.prompts import borderline_records, resource_lines, sensitive_twin_records, twin_records
+from tokensafe.data.prompts import (
+    borderline_records,
+    group_prompt_records,
+    resource_lines,
+    sensitive_twin_records,
+    twin_records,
+)
 from tokensafe.data.records import Record, chat
 from tokensafe.data.sources import load_source
 from tokensafe.data.tokenize import IGNORE_INDEX, tokenize_chat
@@ -69,6 +75,7 @@ def blocked_keys(data_dir) -> set[str]:
     records += load_source("harmful_val", data_dir=data_dir, split="val")
     records += load_source("harmless_val", data_dir=data_dir, split="val")
     records += borderline_records("val") + twin_records("val") + sensitive_twin_records("val")
+    records += group_prompt_records("val")
     return {normalise_prompt(r.prompt) for r in records}
 
 
@@ -99,6 +106,7 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
     monkeypatch.setattr(preference, "borderline_records", leaky_prompts(borderline_records))
     monkeypatch.setattr(preference, "twin_records", leaky_prompts(twin_records))
     monkeypatch.setattr(preference, "sensitive_twin_records", leaky_prompts(sensitive_twin_records))
+    monkeypatch.setattr(preference, "group_prompt_records", leaky_prompts(group_prompt_records))
     harmful_prompts = {normalise_prompt(r.prompt) for r in leaky_load("harmful_train", data_dir=data)}
     answered: dict[str, str] = {}
 
@@ -113,10 +121,10 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
         return answers
 
     monkeypatch.setattr(align, "generate_self_answers", fake_answers)
-    built = build_preference_data(pref_config(data_dir, tmp_path), tiny_model, tokenizer)
+    built = build_preference_data(pref_config(data_dir, tmp_path, pref_n_groups=2), tiny_model, tokenizer)
 
     blocked = blocked_keys(data_dir)
-    assert built.provenance["evaluation_or_selection_prompts_removed"] == 4 + 4 + 2 + 2 + 2
+    assert built.provenance["evaluation_or_selection_prompts_removed"] == 4 + 4 + 2 + 2 + 2 + 2
     assert not [p for p in built.pairs if normalise_prompt(p.prompt[-1]["content"]) in blocked]
     assert not [r for r in built.recovery if normalise_prompt(r.prompt[-1]["content"]) in blocked]
     refusals = set(resource_lines("refusals.txt"))
@@ -135,8 +143,10 @@ def test_pairs_follow_the_spec_and_never_use_evaluation_or_selection_prompts(
         "borderline": 3,
         "twin": 3,
         "sensitive": 2,
+        "group": 2,
     }
-    assert built.provenance["pairs_dropped"] == {"harmful": 1, "benign": 1, "borderline": 0, "twin": 0, "sensitive": 0}
+    dropped = {"harmful": 1, "benign": 1, "borderline": 0, "twin": 0, "sensitive": 0, "group": 0}
+    assert built.provenance["pairs_dropped"] == dropped
     # Recovery examples: the first recovery_n harmful prompts minus the refused one, prefixes of the own answer.
     assert len(built.recovery) == 3
     for ex in built.recovery:
@@ -353,6 +363,7 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
         "borderline": 0,
         "twin": 1,
         "sensitive": 0,
+        "group": 0,
         "task": 1,
         "recovery": 1,
     }
@@ -365,6 +376,7 @@ def test_own_refusals_replace_the_refusal_side_and_keep_only_refused_benign_prom
             "borderline": 1,
             "twin": 1,
             "sensitive": 0,
+            "group": 0,
         },
     }
     assert data.provenance == {"pairs": {}, "pairs_dropped": {}}  # the input is left as it was
@@ -399,6 +411,7 @@ def test_preference_only_run_with_own_refusals_asks_the_start_model(data_dir, ti
         "borderline": 1,
         "twin": 1,
         "sensitive": 2,
+        "group": 0,
         "task": 0,
         "recovery": 0,
     }

@@ -7,8 +7,9 @@ recovery_n: 0``):
 - **Preference pairs** trained with TRL's ``DPOTrainer`` after the refusal SFT (reference = the SFT model, i.e. the
   LoRA adapter disabled). Harmful prompt: chosen = a refusal template, rejected = the *base* model's own greedy
   (compliant) answer. Benign prompt, borderline-but-safe prompt, benign "instruction twin", benign request on a
-  sensitive subject: chosen = the base model's own answer, rejected = a refusal. Pairs whose own answer is empty,
-  or (for the benign kinds) a refusal by the keyword judge, or (for harmful) not a compliance, are left out. With
+  sensitive subject, benign prompt about groups of people: chosen = the base model's own answer, rejected = a
+  refusal. Pairs whose own answer is empty, or (for the benign kinds) a refusal by the keyword judge, or (for
+  harmful) not a compliance, are left out. With
   ``pref_own_refusals`` (a preference stage alone on an aligned start) the refusal side is that start's own greedy
   answer instead of a template, and benign pairs are kept only where the start refuses: its over-refusals are what
   the stage pushes down. ``pref_n_gold_task`` adds task rows with the dataset's own answer as chosen (rejected = a
@@ -57,7 +58,7 @@ from tokensafe.errors import UsageError
 
 # Sources and prompt files used only to choose settings (the selection suites of tokensafe.eval.suites).
 SELECTION_ONLY_SOURCES = ("harmful_val", "harmless_val")
-PAIR_KINDS = ("harmful", "benign", "borderline", "twin", "sensitive")
+PAIR_KINDS = ("harmful", "benign", "borderline", "twin", "sensitive", "group")
 BENIGN_PAIR_KINDS = PAIR_KINDS[1:]
 # Pairs that need no model answer: task rows with the dataset's own answer, and recovery pairs.
 FIXED_PAIR_KINDS = ("task", "recovery")
@@ -82,6 +83,12 @@ class PreferenceArgs(Checked):
     pref_n_twins: int = option(125, "benign instruction twins (resources/align, train file) as benign", ge=0)
     pref_n_sensitive: int = option(
         0, "benign requests on sensitive subjects (resources/align/sensitive_twins.txt) as benign", ge=0
+    )
+    pref_n_groups: int = option(
+        0,
+        "benign prompts about groups of people (resources/align/groups_train.txt; the train side of groups_val) as "
+        "benign",
+        ge=0,
     )
     pref_beta: float = option(0.1, "DPO beta (strength of the pull towards the reference)", gt=0)
     pref_sft_weight: float = option(
@@ -225,6 +232,7 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         benign["borderline"] = allowed(borderline_records("train"))[: cfg.pref_n_borderline]
         benign["twin"] = allowed(twin_records("train"))[: cfg.pref_n_twins]
         benign["sensitive"] = allowed(sensitive_twin_records("train"))[: cfg.pref_n_sensitive]
+        benign["group"] = allowed(group_prompt_records("train"))[: cfg.pref_n_groups]
     gold_task: list[Record] = []
     if cfg.preference and cfg.pref_n_gold_task:
         # The refusal SFT's shuffle (seed, part "gold_task"): the first rows are the ones the start was trained on.
@@ -278,6 +286,7 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
             "borderline": "resources/align/borderline_prompts.txt",
             "twin": "resources/align/instruction_twins.txt",
             "sensitive": "resources/align/sensitive_twins.txt",
+            "group": "resources/align/groups_train.txt",
             "task": f"{cfg.gold_task_source} (train; chosen: dataset answer, rejected: refusal)"
             if gold_task
             else None,

@@ -33,6 +33,7 @@ LABELS = {
     "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (5, -12)),
     "aligned_own_round6": ("round 6 (lr/2)", (5, 4)),
     "aligned_own_round7": ("round 7 (lr/2, + GSM8K pairs)", (5, -12)),
+    "aligned_own_round8": ("round 8 (+ group pairs)", (5, 4)),
 }
 # on-policy rounds: (start, trained model)
 ROUNDS = [
@@ -45,6 +46,7 @@ ROUNDS = [
     ("aligned_own_round4", "aligned_own_round5"),
     ("aligned_own_round5", "aligned_own_round6"),
     ("aligned_own_round6", "aligned_own_round7"),
+    ("aligned_own_round7", "aligned_own_round8"),
 ]
 
 

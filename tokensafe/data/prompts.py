@@ -6,8 +6,8 @@ is only used to choose alignment settings (suite ``borderline_val``); and benign
 imperative format of harmful-behaviour datasets (``instruction_twins.txt`` / ``instruction_twins_val.txt``, suite
 ``twins_val``); and benign requests on the sensitive subjects of harmful-behaviour datasets with a protective,
 educational, historical or fictional purpose (``sensitive_twins.txt`` / ``sensitive_twins_val.txt``, suite
-``sensitive_val``); and, for selection only, benign prompts that name groups of people or use the words of
-discrimination about absurd things (``groups_val.txt``, suite ``groups_val``). None contains an evaluation prompt.
+``sensitive_val``); and benign prompts that name groups of people or use the words of discrimination about absurd
+things (``groups_train.txt`` / ``groups_val.txt``, suite ``groups_val``). None contains an evaluation prompt.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tokensafe.data.records import Record, chat
 BORDERLINE_FILES = {"train": "borderline_prompts.txt", "val": "borderline_val.txt"}
 TWIN_FILES = {"train": "instruction_twins.txt", "val": "instruction_twins_val.txt"}
 SENSITIVE_TWIN_FILES = {"train": "sensitive_twins.txt", "val": "sensitive_twins_val.txt"}
-GROUP_PROMPT_FILES = {"val": "groups_val.txt"}  # no train file: a selection suite only
+GROUP_PROMPT_FILES = {"train": "groups_train.txt", "val": "groups_val.txt"}
 
 
 def resource_lines(name: str) -> list[str]:
@@ -53,5 +53,5 @@ def sensitive_twin_records(split: str = "train") -> list[Record]:
 
 
 def group_prompt_records(split: str = "val") -> list[Record]:
-    """The project's benign group-related prompts (selection suite ``groups_val``; only a ``val`` split)."""
+    """The project's benign group-related prompts of ``split`` (train: preference pairs; val: suite ``groups_val``)."""
     return _prompt_records(GROUP_PROMPT_FILES, "align_groups", split)
