@@ -19,7 +19,13 @@ from scipy.stats import spearmanr  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EVALS = json.loads((HERE / "results.json").read_text())["evals"]
-OFFSETS = {"aligned_deep": (-20, -14)}  # label offsets in points where two labels would overlap
+OFFSETS = {
+    "aligned_deep": (-20, -14),
+    "aligned_own_round6": (-75, 4),
+    "aligned_own_round7": (6, -12),
+    "aligned_own_round8": (6, 6),
+    "aligned_own_sensitive": (6, -12),
+}  # label offsets in points where two labels would overlap
 
 
 def main() -> None:

@@ -27,13 +27,13 @@ LABELS = {
     "aligned_own_deep_gsm8k60": ("own-refusal DPO", (-95, 6)),
     "aligned_own_sensitive": ("+ sensitive pairs (round 1)", (5, 4)),
     "aligned_own_round2": ("round 2", (5, 4)),
-    "aligned_own_round3": ("round 3 (SafeInstr)", (-30, -14)),
+    "aligned_own_round3": ("round 3 (SafeInstr)", (6, -9)),
     "aligned_own_round2_harmful2": ("round 2 + harmful x2", (-40, -14)),
     "aligned_own_round4": ("round 4", (5, 4)),
-    "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (5, -12)),
-    "aligned_own_round6": ("round 6 (lr/2)", (5, 4)),
-    "aligned_own_round7": ("round 7 (lr/2, + GSM8K pairs)", (5, -12)),
-    "aligned_own_round8": ("round 8 (+ group pairs)", (5, 4)),
+    "aligned_own_round5": ("round 5 (harmful x2, lr/2)", (8, 2)),
+    "aligned_own_round6": ("round 6 (lr/2)", (-60, -12)),
+    "aligned_own_round7": ("round 7 (lr/2, + GSM8K pairs)", (8, -10)),
+    "aligned_own_round8": ("round 8 (+ group pairs)", (-40, 8)),
 }
 # on-policy rounds: (start, trained model)
 ROUNDS = [
