@@ -13,8 +13,8 @@ recovery_n: 0``):
   ``pref_own_refusals`` (a preference stage alone on an aligned start) the refusal side is that start's own greedy
   answer instead of a template, and benign pairs are kept only where the start refuses: its over-refusals are what
   the stage pushes down. ``pref_n_gold_task`` adds task rows with the dataset's own answer as chosen (rejected = a
-  refusal): with the SFT share of the loss they keep the task's answer format, which is what kept the start's
-  refusals through clean fine-tuning on that task.
+  refusal): with the SFT share of the loss they keep the task's answer format (tried as a way to keep the
+  robustness to clean task fine-tuning that the format gave the refusal SFT; measured, it did not).
 - **Recovery examples** (Qi et al. 2024, "Safety Alignment Should Be Made More Than Just a Few Tokens Deep"):
   harmful prompt, then the first ``k`` tokens (``k`` uniform in 1..``recovery_max_prefix``) of the base model's
   compliant answer as *context*, then a refusal; only the refusal (and the end-of-turn token) is labelled, so the
@@ -100,8 +100,8 @@ class PreferenceArgs(Checked):
     pref_n_gold_task: int = option(
         0,
         "gold_task_source train rows as pairs (chosen = the dataset's answer, rejected = a refusal), the same rows "
-        "as the refusal SFT's n_gold_task: keeps the task's answer format that made the start robust to clean task "
-        "fine-tuning while later rounds move it",
+        "as the refusal SFT's n_gold_task: keeps the task's answer format while later rounds move the start "
+        "(measured: no gain in robustness to clean task fine-tuning, results/aligned_start)",
         ge=0,
     )
     pref_harmful_repeat: int = option(
