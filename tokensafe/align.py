@@ -21,6 +21,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -187,6 +188,13 @@ def sample_part(records: list[Record], n: int, seed: int, part: str) -> list[Rec
     return [records[i] for i in order[: max(0, n)]]
 
 
+def gold_task_rows(cfg: Any, allowed: Callable[[list[Record]], list[Record]], n: int) -> list[Record]:
+    """The first ``n`` answered train rows of ``cfg.gold_task_source`` that ``allowed`` keeps, in the fixed
+    (seed, "gold_task") shuffle: the refusal SFT and the preference stage's task pairs read the same rows."""
+    rows = [r for r in load_source(cfg.gold_task_source, data_dir=cfg.data_dir, split="train") if r.response]
+    return sample_part(allowed(rows), n, cfg.seed, "gold_task")
+
+
 def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tuple[list[Record], dict[str, Any]]:
     """The refusal-SFT training set and a description of where every part came from."""
     refusals = resource_lines("refusals.txt")
@@ -235,8 +243,7 @@ def build_alignment_records(cfg: AlignConfig, model: Any, tokenizer: Any) -> tup
         )
     gold_task: list[Record] = []
     if cfg.gold_task_source and cfg.n_gold_task:
-        rows = [r for r in load_source(cfg.gold_task_source, data_dir=cfg.data_dir, split="train") if r.response]
-        gold_task = sample_part(allowed(rows), cfg.n_gold_task, cfg.seed, "gold_task")
+        gold_task = gold_task_rows(cfg, allowed, cfg.n_gold_task)
         records += [Record(f"align/gold/{r.id}", r.messages, "align_gold_task") for r in gold_task]
     prompts = [*benign, *borderline, *twins, *sensitive, *task]
     answers = generate_self_answers(cfg, model, tokenizer, prompts)

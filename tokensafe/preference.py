@@ -235,9 +235,8 @@ def build_preference_data(cfg: Any, model: Any, tokenizer: Any) -> PreferenceDat
         benign["group"] = allowed(group_prompt_records("train"))[: cfg.pref_n_groups]
     gold_task: list[Record] = []
     if cfg.preference and cfg.pref_n_gold_task:
-        # The refusal SFT's shuffle (seed, part "gold_task"): the first rows are the ones the start was trained on.
-        rows = [r for r in load_source(cfg.gold_task_source, data_dir=cfg.data_dir, split="train") if r.response]
-        gold_task = align.sample_part(allowed(rows), cfg.pref_n_gold_task, cfg.seed, "gold_task")
+        # The refusal SFT's own selection: the first rows are the ones the start was trained on.
+        gold_task = align.gold_task_rows(cfg, allowed, cfg.pref_n_gold_task)
     prompts = [*harmful, *(r for kind in BENIGN_PAIR_KINDS for r in benign[kind])]
     answers = align.generate_self_answers(cfg, model, tokenizer, prompts) if prompts else []
     harmful_answers = answers[: len(harmful)]
