@@ -292,6 +292,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "own_refusals_round6": "aligned_own_round6",
         "own_refusals_round7": "aligned_own_round7",
         "own_refusals_round8": "aligned_own_round8",
+        "own_refusals_round9": "aligned_own_round9",
     }
     assert cfg.name == {**names, **own, "preference": "aligned_pref"}[path.stem]
     # own_refusals* are a preference stage alone on an aligned start, with that start's own refusals in the pairs
@@ -300,14 +301,17 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
     assert cfg.pref_n_sensitive == (149 if path.stem in own and path.stem != "own_refusals" else 0)
     # round three takes its harmful prompts from SafeInstr (new to the model), every other recipe from harmful_train
     assert cfg.harmful_prompt_source == ("safeinstr" if path.stem == "own_refusals_round3" else "harmful_train")
-    # only the harmful2 round and round five weigh their harmful pairs twice
-    harmful2 = path.stem.endswith("harmful2") or path.stem == "own_refusals_round5"
+    # only the harmful2 round and rounds five and nine weigh their harmful pairs twice
+    harmful2 = path.stem.endswith("harmful2") or path.stem in ("own_refusals_round5", "own_refusals_round9")
     assert cfg.pref_harmful_repeat == (2 if harmful2 else 1)
     # rounds seven and eight keep the start's 60 GSM8K rows as pairs; only round eight adds group pairs
     task_pairs = path.stem in ("own_refusals_round7", "own_refusals_round8")
     assert cfg.pref_n_gold_task == (60 if task_pairs else 0)
     assert not task_pairs or cfg.gold_task_source == "gsm8k"
-    assert cfg.pref_n_groups == (200 if path.stem == "own_refusals_round8" else 0)
+    assert cfg.pref_n_groups == (200 if path.stem in ("own_refusals_round8", "own_refusals_round9") else 0)
+    # round nine is the only round with recovery pairs (deep-alignment examples as pairs, not SFT rows)
+    if path.stem in own:
+        assert (cfg.recovery_n, cfg.recovery_pairs) == ((100, True) if path.stem == "own_refusals_round9" else (0, False))
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
