@@ -311,7 +311,8 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
     assert cfg.pref_n_groups == (200 if path.stem in ("own_refusals_round8", "own_refusals_round9") else 0)
     # round nine is the only round with recovery pairs (deep-alignment examples as pairs, not SFT rows)
     if path.stem in own:
-        assert (cfg.recovery_n, cfg.recovery_pairs) == ((100, True) if path.stem == "own_refusals_round9" else (0, False))
+        round9 = path.stem == "own_refusals_round9"
+        assert (cfg.recovery_n, cfg.recovery_pairs) == ((100, True) if round9 else (0, False))
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)
