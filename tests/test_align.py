@@ -293,6 +293,7 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
         "own_refusals_round7": "aligned_own_round7",
         "own_refusals_round8": "aligned_own_round8",
         "own_refusals_round9": "aligned_own_round9",
+        "own_refusals_round10": "aligned_own_round10",
     }
     assert cfg.name == {**names, **own, "preference": "aligned_pref"}[path.stem]
     # own_refusals* are a preference stage alone on an aligned start, with that start's own refusals in the pairs
@@ -308,11 +309,12 @@ def test_shipped_align_configs_load_and_keep_their_names(path):
     task_pairs = path.stem in ("own_refusals_round7", "own_refusals_round8")
     assert cfg.pref_n_gold_task == (60 if task_pairs else 0)
     assert not task_pairs or cfg.gold_task_source == "gsm8k"
-    assert cfg.pref_n_groups == (200 if path.stem in ("own_refusals_round8", "own_refusals_round9") else 0)
-    # round nine is the only round with recovery pairs (deep-alignment examples as pairs, not SFT rows)
+    with_groups = ("own_refusals_round8", "own_refusals_round9", "own_refusals_round10")
+    assert cfg.pref_n_groups == (200 if path.stem in with_groups else 0)
+    # rounds nine and ten are the only rounds with recovery pairs (deep-alignment examples as pairs, not SFT rows)
     if path.stem in own:
-        round9 = path.stem == "own_refusals_round9"
-        assert (cfg.recovery_n, cfg.recovery_pairs) == ((100, True) if round9 else (0, False))
+        with_recovery = path.stem in ("own_refusals_round9", "own_refusals_round10")
+        assert (cfg.recovery_n, cfg.recovery_pairs) == ((100, True) if with_recovery else (0, False))
     if path.stem.startswith("deep"):
         assert (cfg.use_lora, cfg.safe_answer_source, cfg.recovery_n) == (False, "safeinstr", 100)
         assert cfg.n_sensitive_twins == (149 if path.stem == "deep_sensitive" else 0)

@@ -38,6 +38,8 @@ STARTS = {
     "round 7": ("aligned_own_round7", "ft_clean_aligned_own_round7", "DPO rounds on deep_gsm8k60"),
     "round 8": ("aligned_own_round8", "ft_clean_aligned_own_round8", "DPO rounds on deep_gsm8k60"),
     "round 9": ("aligned_own_round9", "ft_clean_aligned_own_round9", "DPO rounds on deep_gsm8k60"),
+    "round 9, seed 1": ("aligned_own_round9", "ft_clean_seed1_aligned_own_round9", "DPO rounds on deep_gsm8k60"),
+    "round 10": ("aligned_own_round10", "ft_clean_aligned_own_round10", "DPO rounds on deep_gsm8k60"),
 }
 # Labels that would sit on another point's label are moved (points: offset from the marker).
 LABEL_OFFSET = {"round 1": (5, -10), "round 4": (5, 6), "aligned_deep (headline)": (-5, 6), "round 2": (5, -10)}

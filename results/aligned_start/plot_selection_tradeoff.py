@@ -34,7 +34,8 @@ LABELS = {
     "aligned_own_round6": ("round 6 (lr/2)", (-60, -12)),
     "aligned_own_round7": ("round 7 (lr/2, + GSM8K pairs)", (8, -10)),
     "aligned_own_round8": ("round 8 (+ group pairs)", (-40, 8)),
-    "aligned_own_round9": ("round 9 (harmful x2, lr/2)", (6, 4)),
+    "aligned_own_round9": ("round 9 (harmful x2, + recovery pairs)", (6, 4)),
+    "aligned_own_round10": ("round 10", (6, -10)),
 }
 # on-policy rounds: (start, trained model)
 ROUNDS = [
@@ -49,6 +50,7 @@ ROUNDS = [
     ("aligned_own_round6", "aligned_own_round7"),
     ("aligned_own_round7", "aligned_own_round8"),
     ("aligned_own_round8", "aligned_own_round9"),
+    ("aligned_own_round9", "aligned_own_round10"),
 ]
 
 
