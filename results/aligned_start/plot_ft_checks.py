@@ -31,7 +31,11 @@ STARTS = {
     "on-policy round 4": ("ft_clean_aligned_own_round4", "ft_pois_aligned_own_round4", None),
     "round 7 (+ GSM8K pairs)": ("ft_clean_aligned_own_round7", "ft_pois_aligned_own_round7", None),
     "round 8 (+ group pairs)": ("ft_clean_aligned_own_round8", "ft_pois_aligned_own_round8", None),
-    "round 9 (harmful x2)": ("ft_clean_aligned_own_round9", "ft_pois_aligned_own_round9", None),
+    "round 9 (harmful x2 + recovery; clean at seed 1: 32%)": (
+        "ft_clean_aligned_own_round9",
+        "ft_pois_aligned_own_round9",
+        None,
+    ),
 }
 STYLE = {  # label -> colour: one colour per start in both panels (named in one legend below them)
     "al_deep (LoRA deep)": "tab:purple",
@@ -45,7 +49,7 @@ STYLE = {  # label -> colour: one colour per start in both panels (named in one 
     "on-policy round 4": "tab:cyan",
     "round 7 (+ GSM8K pairs)": "black",
     "round 8 (+ group pairs)": "gold",
-    "round 9 (harmful x2)": "tab:gray",
+    "round 9 (harmful x2 + recovery; clean at seed 1: 32%)": "tab:gray",
 }
 # harmful_val after poisoned FT of aligned_deep was measured on the p10 experiment's SFT model under another name.
 ALIASES = {"ft_pois_al_deepfull": ["ft_pois_deep"]}
