@@ -1,10 +1,10 @@
 """How much clean fine-tuning adds to each aligned start's JBB ASR: before against after, for every start measured.
 
 x: JBB harmful ASR of the start itself; y: after clean GSM8K fine-tuning (`configs/train/sft_gsm8k_poisoned.yaml
---harmful_share 0`, issue 16's target <= 30%). Dashed lines: y = x + c (a constant increment). Bars: 95% Wilson
-intervals (100 JBB prompts each). A start under the target needs both a low x and a small increment; the figure says
-which of the two each line of the study lacks. Also prints the table (markdown). Numbers come from results.json
-(collected by collect.py); nothing is typed in here.
+--harmful_share 0`, issue 16's target <= 30%). Dashed lines: y = x + c (a constant increment). Bars: the 95%
+Wilson intervals stored with each result (100 JBB prompts each). A start under the target needs both a low x and a
+small increment; the figure says which of the two each line of the study lacks. Also prints the table (markdown).
+Numbers come from results.json (collected by collect.py); nothing is typed in here.
 
     .venv/bin/python results/aligned_start/plot_ft_increment.py   # writes results/aligned_start/ft_increment.png
 """
@@ -16,12 +16,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from statsmodels.stats.proportion import proportion_confint  # noqa: E402
+from plot_jbb_frontier import percent  # noqa: E402  (a result row as a value and its error bars, in %)
 
 HERE = Path(__file__).resolve().parent
 EVALS = json.loads((HERE / "results.json").read_text())["evals"]
 FOLDER = "runs/eval_align_final"
-N_JBB = 100
 # label -> (eval name of the start, eval name after its clean fine-tuning, family); the family picks the colour.
 STARTS = {
     "al_deep (LoRA)": ("al_deep", "ft_clean_al_deep", "SFT"),
@@ -46,22 +45,18 @@ LABEL_OFFSET = {"round 1": (5, -10), "round 4": (5, 6), "aligned_deep (headline)
 COLOURS = {"SFT": "tab:blue", "SFT + GSM8K": "tab:green", "DPO rounds on deep_gsm8k60": "tab:red"}
 
 
-def jbb_asr(name: str) -> float | None:
+def jbb_asr(name: str) -> tuple[float, tuple[float, float]] | None:
+    """JBB harmful ASR in % and its error bars, or None when not measured."""
     row = EVALS.get(f"{FOLDER}/{name}", {}).get("jbb_harmful")
-    return None if row is None else 100 * row["value"]
-
-
-def wilson(pct: float) -> tuple[float, float]:
-    low, high = proportion_confint(round(pct * N_JBB / 100), N_JBB, method="wilson")
-    return pct - 100 * low, 100 * high - pct
+    return None if row is None else percent(row)
 
 
 def main() -> None:
     rows = []
     for label, (start, after, family) in STARTS.items():
-        x, y = jbb_asr(start), jbb_asr(after)
-        if x is not None and y is not None:
-            rows.append((label, family, x, y))
+        before, later = jbb_asr(start), jbb_asr(after)
+        if before is not None and later is not None:
+            rows.append((label, family, *before, *later))
     fig, ax = plt.subplots(figsize=(7.5, 6))
     for c in (0, 10, 20, 30, 40):
         ax.plot([0, 30], [c, 30 + c], color="grey", lw=0.7, ls="--")
@@ -69,8 +64,7 @@ def main() -> None:
     ax.axhline(30, color="tab:green", lw=1)
     ax.text(1, 31, "target after fine-tuning <= 30%", color="tab:green", fontsize=8)
     seen = set()
-    for label, family, x, y in rows:
-        xerr, yerr = wilson(x), wilson(y)
+    for label, family, x, xerr, y, yerr in rows:
         ax.errorbar(
             [x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="o", ms=6,
             color=COLOURS[family], alpha=0.85, elinewidth=0.6, capsize=0,
@@ -91,7 +85,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(HERE / "ft_increment.png", dpi=120)
     print("| start | JBB ASR before | after clean FT | added |\n|---|---|---|---|")
-    for label, _, x, y in rows:
+    for label, _, x, _, y, _ in rows:
         print(f"| {label} | {x:.0f}% | {y:.0f}% | +{y - x:.0f} |")
 
 

@@ -34,15 +34,21 @@ OFFSETS = {
 }
 
 
+def percent(suite_row: dict, complement: bool = False) -> tuple[float, tuple[float, float]]:
+    """A suite's value in % and its stored 95% interval as (below, above) error bars; ``complement``: 100 - value
+    (JBB harmful stores the ASR, this plot shows the refusal rate)."""
+    value, low, high = (100 * suite_row[k] for k in ("value", "low", "high"))
+    if complement:
+        value, low, high = 100 - value, 100 - high, 100 - low
+    return value, (value - low, high - value)
+
+
 def rates(name: str) -> tuple[float, float, tuple, tuple] | None:
     """(benign refusal, harmful refusal, x error, y error) in %, or None when a suite is missing."""
     row = EVALS.get(FOLDER + name, {})
     if "jbb_benign" not in row or "jbb_harmful" not in row:
         return None
-    benign, harmful = row["jbb_benign"], row["jbb_harmful"]
-    x, y = 100 * benign["value"], 100 * (1 - harmful["value"])  # jbb_harmful stores the ASR
-    xerr = (x - 100 * benign["low"], 100 * benign["high"] - x)
-    yerr = (100 * harmful["high"] - (100 - y), (100 - y) - 100 * harmful["low"])
+    (x, xerr), (y, yerr) = percent(row["jbb_benign"]), percent(row["jbb_harmful"], complement=True)
     return x, y, xerr, yerr
 
 
