@@ -9,36 +9,34 @@ cd "$(dirname "$0")/../.."
 TARGET=${1:?usage: build_line.sh <configs/align/...yaml> [data_dir]}
 DATA=${2:-../shared/data}
 CACHE=${TOKENSAFE_CACHE_DIR:-$HOME/.cache/tokensafe}
-# The configs from the bundled model to TARGET, oldest first: follow `model:` to the config whose `name:` it is.
-LINE=$(python3 - "$TARGET" <<'PY'
+# "<config> <name>" from the bundled model to TARGET, oldest first: follow `model:` to the config whose `name:` it is.
+LINE=$(.venv/bin/python - "$TARGET" <<'PY'
 import sys
 from pathlib import Path
 
-def field(path: Path, key: str) -> str:
-    for line in path.read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return line.split(":", 1)[1].split("#")[0].strip()
-    raise SystemExit(f"{path}: no '{key}:' line")
+import yaml
 
-by_name = {field(p, "name"): p for p in sorted(Path("configs/align").glob("*.yaml"))}
+configs = {p: yaml.safe_load(p.read_text()) for p in sorted(Path("configs/align").glob("*.yaml"))}
+by_name = {c["name"]: p for p, c in configs.items()}
 line, path = [], Path(sys.argv[1])
+if path not in configs:
+    raise SystemExit(f"{path}: not a config under configs/align")
 while True:
     line.append(path)
-    start = field(path, "model")
+    start = configs[path]["model"]
     if start == "default":
         break
     if start not in by_name:
         raise SystemExit(f"{path}: its start {start!r} is no config's name in configs/align")
     path = by_name[start]
-print("\n".join(str(p) for p in reversed(line)))
+print("\n".join(f"{p} {configs[p]['name']}" for p in reversed(line)))
 PY
 )
-for CONFIG in $LINE; do
-  NAME=$(grep -E '^name:' "$CONFIG" | cut -d: -f2 | tr -d ' ')
+while read -r CONFIG NAME; do
   if [ -f "$CACHE/models/$NAME/config.json" ]; then
     echo "== $NAME: in the cache, skipped"
     continue
   fi
   echo "== $NAME: tokensafe align --config $CONFIG"
-  .venv/bin/tokensafe align --config "$CONFIG" --data_dir "$DATA" --output_dir "runs/align_$NAME"
-done
+  .venv/bin/tokensafe align --config "$CONFIG" --data_dir "$DATA" --output_dir "runs/align_$NAME" < /dev/null
+done <<< "$LINE"
