@@ -17,8 +17,13 @@ for d in ("runs/eval_align", "runs/eval_align_ft", "runs/eval_align_final", "run
             suite: {"metric": r["metric"], "value": r["value"], "n": r["n"], "low": r["low"], "high": r["high"]}
             for suite, r in data["suites"].items()
         }
+# First and last logged training loss of each fine-tuning check (is the task's answer format already known?).
+losses = json.loads(OUT.read_text()).get("ft_losses", {}) if OUT.is_file() else {}
+for path in sorted((ROOT / "runs").glob("ft_*/train_summary.json")):
+    summary = json.loads(path.read_text())
+    losses[path.parent.name] = {k: summary[k] for k in ("first_loss", "last_loss") if k in summary}
 runs = [json.loads(line) for line in (ROOT / "results/aligned_start/runs.jsonl").read_text().splitlines()]
-OUT.write_text(json.dumps({"evals": rows, "runs": runs}, indent=1))
+OUT.write_text(json.dumps({"evals": rows, "ft_losses": losses, "runs": runs}, indent=1))
 suites = sorted({s for r in rows.values() for s in r})
 print("| model | " + " | ".join(suites) + " |")
 print("|---|" + "---|" * len(suites))
